@@ -1,0 +1,3 @@
+"""fedrec: federated, privacy-preserving, text-based recommendation."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Server side of fedrec: aggregation and distribution of item embeddings."""

@@ -1,0 +1,1 @@
+"""The in-memory data set, its on-disk formats, loaders and partitioning into devices."""

@@ -1,0 +1,1 @@
+"""The shared text encoder: offline loading, pooled embeddings, private fine-tuning."""

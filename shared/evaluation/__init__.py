@@ -1,0 +1,1 @@
+"""The evaluation harness: temporal leave-last-out split, full-catalog ranking, baselines."""

@@ -1,0 +1,1 @@
+"""Federations of many virtual devices on one machine."""
