@@ -1,0 +1,74 @@
+"""The ``fedrec`` command, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedrec.cli import main
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fedrec", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    "command", [[], ["evaluate"], ["data"], ["data", "describe"], ["data", "export"]]
+)
+def test_every_command_has_help(command: list[str]) -> None:
+    done = run(*command, "--help")
+    assert done.returncode == 0 and "usage: fedrec" in done.stdout
+
+
+def small_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "items.csv").write_text(
+        "item_id,text\n" + "".join(f"i{j},item number {j}\n" for j in range(6)), encoding="utf-8"
+    )
+    rows = "".join(f"u{u},i{(u + t) % 6},{t}\n" for u in range(5) for t in range(4))
+    (folder / "interactions.csv").write_text("user_id,item_id,timestamp\n" + rows, "utf-8")
+    return folder
+
+
+def test_evaluate_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "result.json"
+    code = main(
+        ["evaluate", "--data", str(small_folder(tmp_path)), "--model", "ease", "--json", str(out)]
+    )
+    assert code == 0
+    result = json.loads(out.read_text(encoding="utf-8"))
+    assert result["model"] == "ease(lambda=100)" and result["users"] == 5
+    assert set(result["metrics"]) == {"hr@10", "ndcg@10", "mrr", "coverage@10"}
+    assert all(len(bounds) == 2 for bounds in result["ci95"].values())
+    assert "hr@10" in capsys.readouterr().out
+
+
+def test_bad_data_spec_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", "--data", "nowhere", "--model", "popularity"]) == 2
+    assert "fedrec: error: unknown data spec 'nowhere'" in capsys.readouterr().err
+
+
+def test_bad_file_error_names_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = small_folder(tmp_path)
+    with (folder / "interactions.csv").open("a", encoding="utf-8") as out:
+        out.write("u9,missing,5\n")
+    assert main(["data", "describe", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "interactions.csv, line 22: unknown item 'missing'" in err
+
+
+def test_data_export_then_describe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "exported"
+    assert main(["data", "export", str(small_folder(tmp_path)), str(out), "--format", "jsonl"]) == 0
+    assert (out / "items.jsonl").is_file()
+    assert main(["data", "describe", str(out)]) == 0
+    assert "5 users, 6 items, 20 interactions" in capsys.readouterr().out
