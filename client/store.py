@@ -1,0 +1,478 @@
+"""The encrypted on-device store: named records sealed with AES-256-GCM in one file.
+
+The whole store is one file, ``<dir>/store.fedrec``, rewritten atomically on every change::
+
+    "FEDRECST" | u16 format (1) | u32 n | header (n bytes, JSON) | nonce (12) | ciphertext + tag
+
+The header (store id, generation, key check, passphrase salt and scrypt parameters) is plain
+but authenticated: the prefix up to the nonce is the AES-GCM associated data. The ciphertext
+holds every record, names included, so names, values and their order are all hidden and
+authenticated together: a record cannot be swapped, renamed, rolled back or dropped on its own.
+See docs/security.md for the threat model and its limits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import io
+import json
+import os
+import re
+import struct
+import tempfile
+import threading
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+KEY_BYTES = 32
+FORMAT_VERSION = 1
+STORE_FILE = "store.fedrec"
+
+_MAGIC = b"FEDRECST"
+_PREFIX = struct.Struct(">8sHI")  # magic, format version, header length
+_NONCE_BYTES = 12
+_TAG_BYTES = 16
+_ID_BYTES = 16
+_SALT_BYTES = 16
+_TMP_PREFIX = f".{STORE_FILE}."
+_TMP_SUFFIX = ".tmp"
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,127}")
+_COUNT = struct.Struct(">I")
+_NAME_LEN = struct.Struct(">H")
+_VALUE_LEN = struct.Struct(">Q")
+
+
+class StoreError(Exception):
+    """The store cannot be used as asked. Nothing is loaded or changed when this is raised."""
+
+
+class StoreNotFoundError(StoreError):
+    """There is no store at the path (open with ``create=True`` only on a first run)."""
+
+
+class StoreExistsError(StoreError):
+    """``create=True`` was asked where a store already exists."""
+
+
+class WrongKeyError(StoreError):
+    """The key or passphrase is not the one the store was created with."""
+
+
+class TamperedStoreError(StoreError):
+    """The store file was modified, truncated or damaged; ``path`` names it."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}; the store was modified or damaged, nothing was loaded")
+
+
+@dataclass(frozen=True)
+class ScryptParams:
+    """scrypt cost parameters: ``n`` (a power of two), ``r``, ``p``; 128 * n * r bytes of memory."""
+
+    n: int = 2**15
+    r: int = 8
+    p: int = 1
+
+    def __post_init__(self) -> None:
+        n, r, p = self.n, self.r, self.p
+        if not (_is_int(n) and n >= 2 and n & (n - 1) == 0):
+            raise ValueError(f"scrypt n must be a power of two >= 2, got {n!r}")
+        if not (_is_int(r) and r >= 1 and _is_int(p) and 1 <= p <= 16):
+            raise ValueError(f"scrypt r must be >= 1 and p in 1..16, got r={r!r}, p={p!r}")
+        if 128 * n * r > 2**28:
+            raise ValueError(f"scrypt n={n}, r={r} needs {128 * n * r >> 20} MiB; at most 256")
+
+
+def key_from_passphrase(passphrase: str, salt: bytes, params: ScryptParams | None = None) -> bytes:
+    """The 32-byte key scrypt derives from a passphrase (NFC-normalized UTF-8) and a salt."""
+    if not isinstance(passphrase, str) or not passphrase:
+        raise ValueError("passphrase must be a non-empty str")
+    if not isinstance(salt, bytes) or len(salt) < _SALT_BYTES:
+        raise ValueError(f"salt must be at least {_SALT_BYTES} bytes")
+    params = params or ScryptParams()
+    kdf = Scrypt(salt=salt, length=KEY_BYTES, n=params.n, r=params.r, p=params.p)
+    return kdf.derive(unicodedata.normalize("NFC", passphrase).encode("utf-8"))
+
+
+def forget_store(path: str | os.PathLike[str]) -> None:
+    """Delete the store at ``path``, no key needed: its file, temp files, the dir if then empty."""
+    directory = Path(path)
+    if not directory.is_dir():
+        return
+    for file in [directory / STORE_FILE, *_temp_files(directory)]:
+        file.unlink(missing_ok=True)
+    _fsync_dir(directory)
+    with contextlib.suppress(OSError):
+        directory.rmdir()
+
+
+@dataclass(frozen=True)
+class _Passphrase:
+    salt: bytes
+    params: ScryptParams
+
+
+@dataclass(frozen=True)
+class _Header:
+    store_id: bytes
+    generation: int
+    key_check: bytes
+    passphrase: _Passphrase | None
+
+    def __post_init__(self) -> None:
+        if len(self.store_id) != _ID_BYTES or len(self.key_check) != KEY_BYTES:
+            raise ValueError("bad store id or key check length")
+        if not (_is_int(self.generation) and self.generation >= 0):
+            raise ValueError(f"bad generation {self.generation!r}")
+
+    def encode(self) -> bytes:
+        kdf = self.passphrase
+        header = {
+            "store_id": self.store_id.hex(),
+            "generation": self.generation,
+            "key_check": self.key_check.hex(),
+            "kdf": None if kdf is None else _kdf_json(kdf),
+        }
+        body = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        return _PREFIX.pack(_MAGIC, FORMAT_VERSION, len(body)) + body
+
+
+def _kdf_json(kdf: _Passphrase) -> dict[str, str | int]:
+    params = kdf.params
+    return {"name": "scrypt", "salt": kdf.salt.hex(), "n": params.n, "r": params.r, "p": params.p}
+
+
+class EncryptedStore:
+    """Named byte records, encrypted at rest under a 32-byte key; every change is atomic.
+
+    ``EncryptedStore(path, key)`` opens the store in directory ``path``;
+    ``create=True`` makes a new one there instead (and refuses to replace an existing one).
+    A wrong key raises ``WrongKeyError``, a modified file ``TamperedStoreError``: a store
+    is opened whole or not at all. One object per directory at a time; it is thread-safe.
+    """
+
+    _records: dict[str, bytes]
+
+    def __init__(self, path: str | os.PathLike[str], key: bytes, *, create: bool = False) -> None:
+        self._setup(Path(path), key, create, None)
+
+    @classmethod
+    def with_passphrase(
+        cls,
+        path: str | os.PathLike[str],
+        passphrase: str,
+        *,
+        create: bool = False,
+        params: ScryptParams | None = None,
+    ) -> EncryptedStore:
+        """Open (or create) a store whose key scrypt derives from ``passphrase``."""
+        path = Path(path)
+        if create:
+            kdf = _Passphrase(os.urandom(_SALT_BYTES), params or ScryptParams())
+        else:
+            file = path / STORE_FILE
+            found = _parse_prefix(_read(file), file)[0].passphrase
+            if found is None:
+                raise StoreError(f"{file} was created with a raw key, not a passphrase")
+            kdf = found
+        store = cls.__new__(cls)
+        store._setup(path, key_from_passphrase(passphrase, kdf.salt, kdf.params), create, kdf)
+        return store
+
+    @property
+    def path(self) -> Path:
+        """The store's directory."""
+        return self._dir
+
+    @property
+    def generation(self) -> int:
+        """How many times the store has been written; an app may pin it to detect rollback."""
+        return self._header.generation
+
+    def put(self, name: str, value: bytes) -> None:
+        """Store ``value`` under ``name``, replacing any previous value."""
+        self.put_many({name: value})
+
+    def put_many(self, records: Mapping[str, bytes]) -> None:
+        """Store several records in one atomic write: all of them land, or none."""
+        checked = {_check_name(name): _check_value(name, value) for name, value in records.items()}
+        with self._lock:
+            self._commit({**self._live(), **checked})
+
+    def get(self, name: str) -> bytes | None:
+        """The value stored under ``name``, or None."""
+        name = _check_name(name)
+        with self._lock:
+            return self._live().get(name)
+
+    def names(self) -> list[str]:
+        """The record names, sorted."""
+        with self._lock:
+            return sorted(self._live())
+
+    def delete(self, name: str) -> bool:
+        """Remove a record; False when there was none."""
+        name = _check_name(name)
+        with self._lock:
+            records = self._live()
+            if name not in records:
+                return False
+            self._commit({key: value for key, value in records.items() if key != name})
+            return True
+
+    def export(self) -> dict[str, bytes]:
+        """Every record, decrypted (e.g. for a user's data-access request)."""
+        with self._lock:
+            return dict(self._live())
+
+    def forget(self) -> None:
+        """Delete the store from disk (see ``forget_store``); this object is unusable after."""
+        with self._lock:
+            forget_store(self._dir)
+            self._records = {}
+            self._forgotten = True
+
+    def put_json(self, name: str, value: object) -> None:
+        """Store a JSON value (not null: use ``delete``); NaN and infinity are refused."""
+        if value is None:
+            raise ValueError(f"record {name!r}: null is not stored, use delete()")
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        self.put(name, text.encode("utf-8"))
+
+    def get_json(self, name: str) -> Any:
+        """The JSON value stored under ``name``, or None."""
+        raw = self.get(name)
+        return None if raw is None else json.loads(raw)
+
+    def put_array(self, name: str, array: npt.NDArray[Any]) -> None:
+        """Store a numpy array in ``.npy`` format (never pickled: object arrays are refused)."""
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"record {name!r}: expected a numpy array, got {type(array).__name__}")
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        self.put(name, buffer.getvalue())
+
+    def get_array(self, name: str) -> npt.NDArray[Any] | None:
+        """The array stored under ``name``, or None."""
+        raw = self.get(name)
+        return None if raw is None else np.load(io.BytesIO(raw), allow_pickle=False)
+
+    def _setup(self, path: Path, key: bytes, create: bool, kdf: _Passphrase | None) -> None:
+        _check_key(key)
+        self._dir = path
+        self._file = path / STORE_FILE
+        self._lock = threading.RLock()
+        self._forgotten = False
+        self._records = {}
+        if create:
+            self._create(key, kdf)
+        else:
+            self._load(key)
+
+    def _create(self, key: bytes, kdf: _Passphrase | None) -> None:
+        if self._file.exists():
+            raise StoreExistsError(f"{self._file} already exists; open it without create=True")
+        self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        store_id = os.urandom(_ID_BYTES)
+        encryption_key, key_check = _subkeys(key, store_id)
+        self._aead = AESGCM(encryption_key)
+        self._header = _Header(store_id, 0, key_check, kdf)
+        self._commit({})
+
+    def _load(self, key: bytes) -> None:
+        blob = _read(self._file)
+        header, start = _parse_prefix(blob, self._file)
+        encryption_key, key_check = _subkeys(key, header.store_id)
+        if not hmac.compare_digest(key_check, header.key_check):
+            raise WrongKeyError(
+                f"{self._file}: wrong key or passphrase (it does not match the key check)"
+            )
+        if len(blob) - start < _NONCE_BYTES + _TAG_BYTES:
+            raise TamperedStoreError(self._file, "the file is truncated")
+        self._aead = AESGCM(encryption_key)
+        nonce, sealed = blob[start : start + _NONCE_BYTES], blob[start + _NONCE_BYTES :]
+        try:
+            plain = self._aead.decrypt(nonce, sealed, blob[:start])
+        except InvalidTag:
+            raise TamperedStoreError(self._file, "authentication failed") from None
+        self._header = header
+        self._records = _decode_records(plain, self._file)
+        for stray in _temp_files(self._dir):
+            stray.unlink(missing_ok=True)
+
+    def _live(self) -> dict[str, bytes]:
+        if self._forgotten:
+            raise StoreError(f"the store at {self._dir} was forgotten")
+        return self._records
+
+    def _commit(self, records: dict[str, bytes]) -> None:
+        """Seal ``records`` as the next generation and replace the file atomically."""
+        self._check_unchanged()
+        header = replace(self._header, generation=self._header.generation + 1)
+        prefix = header.encode()
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = self._aead.encrypt(nonce, _encode_records(records), prefix)
+        _write_atomic(self._file, prefix + nonce + sealed)
+        self._header, self._records = header, records
+
+    def _check_unchanged(self) -> None:
+        """Refuse to overwrite a file another writer changed since this object last wrote it."""
+        if self._header.generation == 0:
+            return
+        on_disk = _parse_prefix(_read(self._file), self._file)[0]
+        if (on_disk.store_id, on_disk.generation) != (self._header.store_id, self.generation):
+            raise StoreError(f"{self._file} changed on disk since it was opened; reopen it")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_key(key: object) -> None:
+    if not isinstance(key, bytes):
+        raise TypeError(f"key must be {KEY_BYTES} raw bytes, got {type(key).__name__}")
+    if len(key) != KEY_BYTES:
+        raise ValueError(f"key must be {KEY_BYTES} bytes, got {len(key)}")
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"record name must be a str, got {type(name).__name__}")
+    if not _NAME.fullmatch(name):
+        raise ValueError(
+            f"invalid record name {name!r}: 1-128 characters from A-Z a-z 0-9 _ . : / -, "
+            "not starting with . : / -"
+        )
+    return name
+
+
+def _check_value(name: str, value: object) -> bytes:
+    if not isinstance(value, bytes):
+        raise TypeError(f"value of record {name!r} must be bytes, got {type(value).__name__}")
+    return value
+
+
+def _subkeys(key: bytes, store_id: bytes) -> tuple[bytes, bytes]:
+    """This store's encryption key, and the key check (independent of the store id, so that a
+    modified store id reads as tampering, not as a wrong key)."""
+    return _hkdf(key, store_id, b"fedrec store v1: encryption"), _hkdf(
+        key, None, b"fedrec store v1: key check"
+    )
+
+
+def _hkdf(key: bytes, salt: bytes | None, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=salt, info=info).derive(key)
+
+
+def _read(file: Path) -> bytes:
+    try:
+        return file.read_bytes()
+    except FileNotFoundError:
+        raise StoreNotFoundError(f"no store at {file.parent} ({file.name} is missing)") from None
+
+
+def _parse_prefix(blob: bytes, file: Path) -> tuple[_Header, int]:
+    """The header and the offset of the nonce; raises on a damaged or foreign file."""
+    if len(blob) < _PREFIX.size:
+        raise TamperedStoreError(file, "the file is truncated")
+    magic, version, length = _PREFIX.unpack_from(blob)
+    if magic != _MAGIC:
+        raise TamperedStoreError(file, "not a fedrec store file (bad magic)")
+    if version != FORMAT_VERSION:
+        raise StoreError(
+            f"{file}: store format {version} is not supported (this SDK reads {FORMAT_VERSION})"
+        )
+    start = _PREFIX.size + length
+    if len(blob) < start:
+        raise TamperedStoreError(file, "the file is truncated")
+    try:
+        header = json.loads(blob[_PREFIX.size : start].decode("utf-8"))
+        kdf = header["kdf"]
+        passphrase = (
+            None
+            if kdf is None
+            else _Passphrase(
+                bytes.fromhex(kdf["salt"]), ScryptParams(n=kdf["n"], r=kdf["r"], p=kdf["p"])
+            )
+        )
+        parsed = _Header(
+            bytes.fromhex(header["store_id"]),
+            header["generation"],
+            bytes.fromhex(header["key_check"]),
+            passphrase,
+        )
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
+        raise TamperedStoreError(file, f"malformed header ({error})") from None
+    return parsed, start
+
+
+def _encode_records(records: Mapping[str, bytes]) -> bytes:
+    parts = [_COUNT.pack(len(records))]
+    for name in sorted(records):
+        raw, value = name.encode("utf-8"), records[name]
+        parts += [_NAME_LEN.pack(len(raw)), raw, _VALUE_LEN.pack(len(value)), value]
+    return b"".join(parts)
+
+
+def _decode_records(plain: bytes, file: Path) -> dict[str, bytes]:
+    """Inverse of ``_encode_records``; the input is authenticated, so failure means a bug."""
+    try:
+        (count,), offset = _COUNT.unpack_from(plain), _COUNT.size
+        records: dict[str, bytes] = {}
+        for _ in range(count):
+            (name_len,) = _NAME_LEN.unpack_from(plain, offset)
+            offset += _NAME_LEN.size
+            name = plain[offset : offset + name_len].decode("utf-8")
+            (value_len,) = _VALUE_LEN.unpack_from(plain, offset + name_len)
+            offset += name_len + _VALUE_LEN.size
+            records[name] = plain[offset : offset + value_len]
+            offset += value_len
+    except (struct.error, UnicodeDecodeError) as error:
+        raise TamperedStoreError(file, f"malformed record table ({error})") from None
+    if offset != len(plain):
+        raise TamperedStoreError(file, "malformed record table (length mismatch)")
+    return records
+
+
+def _temp_files(directory: Path) -> list[Path]:
+    return list(directory.glob(f"{_TMP_PREFIX}*{_TMP_SUFFIX}"))
+
+
+def _write_atomic(file: Path, data: bytes) -> None:
+    """Write to a temp file beside ``file``, fsync it, rename it over ``file``, fsync the dir."""
+    fd, temp = tempfile.mkstemp(dir=file.parent, prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, file)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(file.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename or unlink in ``directory`` durable (not possible on Windows)."""
+    if os.name == "nt":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

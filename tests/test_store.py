@@ -1,0 +1,335 @@
+"""The encrypted on-device store: confidentiality, integrity, wrong keys, crashes, forgetting."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedrec.client.store import (
+    STORE_FILE,
+    EncryptedStore,
+    ScryptParams,
+    StoreError,
+    StoreExistsError,
+    StoreNotFoundError,
+    TamperedStoreError,
+    WrongKeyError,
+    forget_store,
+    key_from_passphrase,
+)
+
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+FAST = ScryptParams(n=2**10, r=8, p=1)
+DIARY = "Quokka-7731: my private note about the dentist and the blue umbrella"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> EncryptedStore:
+    s = EncryptedStore(tmp_path / "store", KEY, create=True)
+    s.put("texts/raw", DIARY.encode())
+    s.put("state", b"interest-vector-v1")
+    return s
+
+
+def store_file(s: EncryptedStore) -> Path:
+    return s.path / STORE_FILE
+
+
+def all_bytes_under(directory: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file())
+
+
+def test_round_trip_and_reopen(store: EncryptedStore) -> None:
+    store.put("state", b"interest-vector-v2")
+    assert store.get("state") == b"interest-vector-v2"
+    assert store.get("missing") is None
+    assert store.names() == ["state", "texts/raw"]
+    assert store.delete("state") is True
+    assert store.delete("state") is False
+    reopened = EncryptedStore(store.path, KEY)
+    assert reopened.export() == {"texts/raw": DIARY.encode()}
+    assert reopened.generation == store.generation
+
+
+def test_put_many_is_one_write(store: EncryptedStore) -> None:
+    before = store.generation
+    store.put_many({"ledger": b"eps=0.5", "state": b"v3", "empty": b""})
+    assert store.generation == before + 1
+    assert EncryptedStore(store.path, KEY).get("empty") == b""
+
+
+def test_json_and_array_helpers(store: EncryptedStore) -> None:
+    store.put_json("ledger", {"epsilon": 0.75, "rounds": [1, 2], "note": "ü"})
+    vector = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+    store.put_array("interest", vector)
+    reopened = EncryptedStore(store.path, KEY)
+    assert reopened.get_json("ledger") == {"epsilon": 0.75, "rounds": [1, 2], "note": "ü"}
+    loaded = reopened.get_array("interest")
+    assert loaded is not None and loaded.dtype == np.float32
+    np.testing.assert_array_equal(loaded, vector)
+    assert reopened.get_json("nothing") is None and reopened.get_array("nothing") is None
+
+
+def test_helpers_refuse_null_nan_pickles_and_non_arrays(store: EncryptedStore) -> None:
+    with pytest.raises(ValueError, match="null is not stored, use delete"):
+        store.put_json("x", None)
+    with pytest.raises(ValueError, match="Out of range float"):
+        store.put_json("x", {"a": float("nan")})
+    with pytest.raises(ValueError, match="allow_pickle=False"):
+        store.put_array("x", np.array([{"a": 1}], dtype=object))
+    with pytest.raises(TypeError, match="expected a numpy array, got list"):
+        store.put_array("x", [1.0, 2.0])  # type: ignore[arg-type]
+    assert "x" not in store.names()
+
+
+def test_no_plaintext_or_names_on_disk(store: EncryptedStore) -> None:
+    floats = np.array([3.14159265, 2.71828182, 1.41421356, 1234.5678], dtype=np.float64)
+    store.put_array("interest/state", floats)
+    store.put_json("ledger/privacy", {"secret_marker": "Wombat-4242"})
+    store.put("texts/raw2", DIARY.encode("utf-16-le"))
+    disk = all_bytes_under(store.path)
+    assert len(disk) > 300
+    secrets = [DIARY.encode(), DIARY.encode("utf-16-le"), b"Quokka", b"Wombat-4242"]
+    secrets += [floats.tobytes(), floats[:1].tobytes(), floats.astype(np.float32).tobytes()]
+    secrets += [b"texts/raw", b"interest", b"ledger", b"state"]
+    for secret in secrets:
+        assert secret not in disk, secret
+
+
+def test_wrong_key_is_a_clear_error_and_changes_nothing(store: EncryptedStore) -> None:
+    before = all_bytes_under(store.path)
+    with pytest.raises(WrongKeyError, match="wrong key or passphrase") as caught:
+        EncryptedStore(store.path, OTHER_KEY)
+    assert not isinstance(caught.value, TamperedStoreError)
+    assert all_bytes_under(store.path) == before
+    assert EncryptedStore(store.path, KEY).get("state") == b"interest-vector-v1"
+
+
+def test_passphrase_store(tmp_path: Path) -> None:
+    path = tmp_path / "p"
+    created = EncryptedStore.with_passphrase(path, "correct horse", create=True, params=FAST)
+    created.put("a", b"1")
+    assert EncryptedStore.with_passphrase(path, "correct horse").get("a") == b"1"
+    with pytest.raises(WrongKeyError, match="wrong key or passphrase"):
+        EncryptedStore.with_passphrase(path, "correct horsf")
+    raw = EncryptedStore(tmp_path / "raw", KEY, create=True)
+    with pytest.raises(StoreError, match="created with a raw key, not a passphrase"):
+        EncryptedStore.with_passphrase(raw.path, "correct horse")
+
+
+def test_key_from_passphrase() -> None:
+    salt = b"s" * 16
+    key = key_from_passphrase("pässword", salt, FAST)
+    assert len(key) == 32 and key == key_from_passphrase("pa\u0308ssword", salt, FAST)  # NFC
+    assert key != key_from_passphrase("pässword", b"t" * 16, FAST)
+    with pytest.raises(ValueError, match="non-empty str"):
+        key_from_passphrase("", salt, FAST)
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        key_from_passphrase("pw", b"short", FAST)
+    with pytest.raises(ValueError, match="power of two"):
+        ScryptParams(n=1000)
+    with pytest.raises(ValueError, match="at most 256"):
+        ScryptParams(n=2**20, r=8)
+
+
+def flip(file: Path, position: int) -> None:
+    data = bytearray(file.read_bytes())
+    data[position] ^= 0x01
+    file.write_bytes(bytes(data))
+
+
+def test_flipped_ciphertext_byte_is_tampering(store: EncryptedStore) -> None:
+    file = store_file(store)
+    flip(file, file.stat().st_size - 40)
+    with pytest.raises(TamperedStoreError, match="authentication failed") as caught:
+        EncryptedStore(store.path, KEY)
+    assert caught.value.path == file
+    assert str(file) in str(caught.value) and "nothing was loaded" in str(caught.value)
+
+
+def test_every_single_byte_flip_is_refused(tmp_path: Path) -> None:
+    small = EncryptedStore(tmp_path / "s", KEY, create=True)
+    small.put("a", b"hello")
+    file = store_file(small)
+    original = file.read_bytes()
+    nonce_at = 14 + int.from_bytes(original[10:14], "big")  # magic, format, header length
+    for position in range(len(original)):
+        flip(file, position)
+        # in the header: a clear StoreError of some kind; in nonce, ciphertext, tag: tampering
+        with pytest.raises(TamperedStoreError if position >= nonce_at else StoreError):
+            EncryptedStore(small.path, KEY)
+        file.write_bytes(original)
+
+
+def test_modified_header_fields_are_tampering(store: EncryptedStore) -> None:
+    file = store_file(store)
+    original = file.read_bytes()
+    for old, new in [(b'"generation":3', b'"generation":9'), (b'"store_id":"', b'"store_id":"0')]:
+        edited = original.replace(old, new, 1)
+        if old == b'"store_id":"':  # keep the id 16 bytes long
+            start = edited.index(b'"store_id":"') + len(b'"store_id":"')
+            edited = edited[:start] + edited[start : start + 32] + edited[start + 33 :]
+        assert edited != original
+        file.write_bytes(edited)
+        with pytest.raises(TamperedStoreError, match="authentication failed"):
+            EncryptedStore(store.path, KEY)
+    file.write_bytes(b"NOTASTORE" + original[9:])
+    with pytest.raises(TamperedStoreError, match="bad magic"):
+        EncryptedStore(store.path, KEY)
+    file.write_bytes(original[:20] + b"{not json" + original[29:])
+    with pytest.raises(TamperedStoreError, match="malformed header"):
+        EncryptedStore(store.path, KEY)
+
+
+@pytest.mark.parametrize(
+    ("keep", "message"),
+    [
+        (0, "truncated"),
+        (5, "truncated"),
+        (14, "truncated"),
+        (40, "truncated"),
+        (-17, "authentication failed"),
+        (-1, "authentication failed"),
+    ],
+)
+def test_truncated_file_is_tampering(store: EncryptedStore, keep: int, message: str) -> None:
+    file = store_file(store)
+    file.write_bytes(file.read_bytes()[:keep])
+    with pytest.raises(TamperedStoreError, match=message):
+        EncryptedStore(store.path, KEY)
+
+
+def test_spliced_and_swapped_files_are_detected(tmp_path: Path) -> None:
+    a = EncryptedStore(tmp_path / "a", KEY, create=True)
+    b = EncryptedStore(tmp_path / "b", KEY, create=True)
+    a.put("ledger", b"spent=0.1")
+    b.put("ledger", b"spent=9.9")
+    blob_a, blob_b = store_file(a).read_bytes(), store_file(b).read_bytes()
+    nonce_at = 14 + int.from_bytes(blob_a[10:14], "big")  # magic, format, header length
+    assert blob_b[10:14] == blob_a[10:14]
+    store_file(a).write_bytes(blob_b[:nonce_at] + blob_a[nonce_at:])  # b's header, a's records
+    with pytest.raises(TamperedStoreError, match="authentication failed"):
+        EncryptedStore(a.path, KEY)
+    store_file(a).write_bytes(blob_a[:nonce_at] + blob_b[nonce_at:])  # a's header, b's records
+    with pytest.raises(TamperedStoreError, match="authentication failed"):
+        EncryptedStore(a.path, KEY)
+
+
+def test_crash_before_rename_keeps_the_old_state(
+    store: EncryptedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def crash(*args: object) -> None:
+        raise OSError("simulated power loss")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="simulated power loss"):
+        store.put("state", b"half-written")
+    monkeypatch.undo()
+    assert store.get("state") == b"interest-vector-v1"
+    assert [p.name for p in store.path.iterdir()] == [STORE_FILE]
+    assert EncryptedStore(store.path, KEY).get("state") == b"interest-vector-v1"
+    store.put("state", b"after the crash")
+    assert EncryptedStore(store.path, KEY).get("state") == b"after the crash"
+
+
+def test_crash_in_fsync_keeps_the_old_state(
+    store: EncryptedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def crash(fd: int) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(OSError, match="disk full"):
+        store.delete("state")
+    monkeypatch.undo()
+    assert EncryptedStore(store.path, KEY).names() == ["state", "texts/raw"]
+
+
+def test_stray_temp_files_from_a_killed_writer_are_removed(store: EncryptedStore) -> None:
+    stray = store.path / f".{STORE_FILE}.x1y2z3.tmp"
+    stray.write_bytes(b"partial write, process killed")
+    foreign = store.path / "app-notes.txt"
+    foreign.write_bytes(b"not ours")
+    reopened = EncryptedStore(store.path, KEY)
+    assert reopened.get("state") == b"interest-vector-v1"
+    assert not stray.exists() and foreign.exists()
+
+
+def test_a_second_writer_cannot_clobber_the_first(store: EncryptedStore) -> None:
+    other = EncryptedStore(store.path, KEY)
+    other.put("state", b"from other")
+    with pytest.raises(StoreError, match="changed on disk since it was opened"):
+        store.put("ledger", b"lost update")
+    assert EncryptedStore(store.path, KEY).get("state") == b"from other"
+
+
+def test_open_and_create_never_reset_silently(store: EncryptedStore, tmp_path: Path) -> None:
+    with pytest.raises(StoreNotFoundError, match="no store at"):
+        EncryptedStore(tmp_path / "nowhere", KEY)
+    with pytest.raises(StoreExistsError, match="already exists"):
+        EncryptedStore(store.path, KEY, create=True)
+    store_file(store).unlink()
+    with pytest.raises(StoreNotFoundError):
+        EncryptedStore(store.path, KEY)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX permissions")
+def test_files_are_private(store: EncryptedStore) -> None:
+    assert store_file(store).stat().st_mode & 0o077 == 0
+    assert store.path.stat().st_mode & 0o077 == 0
+
+
+def test_export_and_forget(store: EncryptedStore) -> None:
+    assert store.export() == {"state": b"interest-vector-v1", "texts/raw": DIARY.encode()}
+    store.forget()
+    assert not store.path.exists()
+    with pytest.raises(StoreError, match="was forgotten"):
+        store.get("state")
+    with pytest.raises(StoreError, match="was forgotten"):
+        store.put("state", b"x")
+    store.forget()  # idempotent
+
+
+def test_forget_store_needs_no_key_and_keeps_foreign_files(store: EncryptedStore) -> None:
+    (store.path / f".{STORE_FILE}.abc.tmp").write_bytes(b"stray")
+    (store.path / "keep.txt").write_bytes(b"app file")
+    forget_store(store.path)
+    assert [p.name for p in store.path.iterdir()] == ["keep.txt"]
+    with pytest.raises(StoreNotFoundError):
+        EncryptedStore(store.path, KEY)
+
+
+@pytest.mark.parametrize(
+    ("key", "error", "message"),
+    [
+        (b"x" * 16, ValueError, "key must be 32 bytes, got 16"),
+        (b"x" * 33, ValueError, "key must be 32 bytes, got 33"),
+        ("x" * 32, TypeError, "key must be 32 raw bytes, got str"),
+    ],
+)
+def test_bad_keys(tmp_path: Path, key: object, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        EncryptedStore(tmp_path / "k", key, create=True)  # type: ignore[arg-type]
+    assert not (tmp_path / "k").exists()
+
+
+@pytest.mark.parametrize("name", ["", "../etc", ".hidden", "a b", "a\n", "é", "x" * 129])
+def test_bad_names(store: EncryptedStore, name: str) -> None:
+    with pytest.raises(ValueError, match="invalid record name"):
+        store.put(name, b"v")
+    with pytest.raises(ValueError, match="invalid record name"):
+        store.get(name)
+
+
+def test_bad_values_and_name_types(store: EncryptedStore) -> None:
+    with pytest.raises(TypeError, match="value of record 'a' must be bytes, got str"):
+        store.put("a", "text")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="must be bytes, got bytearray"):
+        store.put_many({"ok": b"1", "b": bytearray(b"2")})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match="record name must be a str, got int"):
+        store.put(3, b"v")  # type: ignore[arg-type]
+    assert store.names() == ["state", "texts/raw"]
