@@ -120,6 +120,23 @@ def forget_store(path: str | os.PathLike[str]) -> None:
         directory.rmdir()
 
 
+def json_record(name: str, value: object) -> bytes:
+    """The bytes ``put_json`` stores, for writing several records at once with ``put_many``."""
+    if value is None:
+        raise ValueError(f"record {name!r}: null is not stored, use delete()")
+    text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    return text.encode("utf-8")
+
+
+def array_record(name: str, array: npt.NDArray[Any]) -> bytes:
+    """The bytes ``put_array`` stores (``.npy``, never pickled), for ``put_many``."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"record {name!r}: expected a numpy array, got {type(array).__name__}")
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
 @dataclass(frozen=True)
 class _Passphrase:
     salt: bytes
@@ -248,10 +265,7 @@ class EncryptedStore:
 
     def put_json(self, name: str, value: object) -> None:
         """Store a JSON value (not null: use ``delete``); NaN and infinity are refused."""
-        if value is None:
-            raise ValueError(f"record {name!r}: null is not stored, use delete()")
-        text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-        self.put(name, text.encode("utf-8"))
+        self.put(name, json_record(name, value))
 
     def get_json(self, name: str) -> Any:
         """The JSON value stored under ``name``, or None."""
@@ -260,11 +274,7 @@ class EncryptedStore:
 
     def put_array(self, name: str, array: npt.NDArray[Any]) -> None:
         """Store a numpy array in ``.npy`` format (never pickled: object arrays are refused)."""
-        if not isinstance(array, np.ndarray):
-            raise TypeError(f"record {name!r}: expected a numpy array, got {type(array).__name__}")
-        buffer = io.BytesIO()
-        np.save(buffer, array, allow_pickle=False)
-        self.put(name, buffer.getvalue())
+        self.put(name, array_record(name, array))
 
     def get_array(self, name: str) -> npt.NDArray[Any] | None:
         """The array stored under ``name``, or None."""

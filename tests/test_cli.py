@@ -19,7 +19,8 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["evaluate"], ["data"], ["data", "describe"], ["data", "export"]]
+    "command",
+    [[], ["evaluate"], ["train"], ["bench"], ["bench", "rank"], ["data"], ["data", "describe"]],
 )
 def test_every_command_has_help(command: list[str]) -> None:
     done = run(*command, "--help")

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedrec.shared.data.dataset import FloatArray, IntArray
+from fedrec.shared.encoder.cache import encode_cached
 from fedrec.shared.encoder.config import EncoderConfig
-from fedrec.shared.encoder.model import TextEncoder
 from fedrec.shared.evaluation.harness import Recommender
 from fedrec.shared.evaluation.split import Split
 
@@ -140,6 +140,6 @@ def make_baseline(config: BaselineConfig) -> Recommender:
         return Ease(config.ease_lambda)
 
     def embed(texts: list[str]) -> FloatArray:
-        return TextEncoder.from_config(config.encoder).encode(texts).astype(np.float64)
+        return encode_cached(config.encoder, texts).astype(np.float64)
 
     return FrozenEncoder(embed, last=config.frozen_last)

@@ -1,0 +1,391 @@
+"""The on-device SDK: what a host app embeds to recommend from a person's text and clicks.
+
+Raw texts, events, their features and the interest state live only in the device's encrypted
+store. The item vectors come from a signed bundle published by the server; they are public, so
+the bundle lies beside the store as a plain file and is verified again every time it is read.
+Each event updates the interest vector with one LSTM step; ``recommend`` ranks the catalog by
+cosine similarity, in real time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from fedrec.client.store import EncryptedStore, array_record, forget_store, json_record
+from fedrec.shared.bundle import ItemBundle, accept_bundle, verify_bundle
+from fedrec.shared.data.table import MAX_TEXT_CHARS
+from fedrec.shared.encoder.model import TextEncoder
+from fedrec.shared.model.network import ITEM_EVENT, TEXT_EVENT, Recommender, UserState
+from fedrec.shared.ranking import ItemIndex
+
+BUNDLE_FILE = "items.bundle"
+#: How many candidates per wanted result MMR re-ranks when diversity is asked for.
+DIVERSITY_POOL = 5
+
+
+class DeviceInputError(ValueError):
+    """An event or text the device cannot take. Nothing is changed when this is raised."""
+
+
+@dataclass(frozen=True)
+class DeviceModel:
+    """What the device runs: the two towers and the frozen text encoder for its own texts."""
+
+    network: Recommender
+    encoder: TextEncoder
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One ranked item, its cosine score, and the history event that contributed most."""
+
+    item_id: str
+    score: float
+    because: str
+
+
+class Device:
+    """A person's device: private history, interest vector, and local ranking.
+
+    Create one with :meth:`create` (first run) or :meth:`open` (later runs); both take the key
+    from the host app's keystore (32 bytes). See README "On-device SDK" for an example.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        store: EncryptedStore,
+        model: DeviceModel,
+        public_key: Ed25519PublicKey,
+        bundle: ItemBundle,
+    ) -> None:
+        self._folder = folder
+        self._store = store
+        self._model = model
+        self._public_key = public_key
+        self._history: list[dict[str, Any]] = store.get_json("history") or []
+        features = store.get_array("text_features")
+        self._text_features = (
+            features if features is not None else np.zeros((0, model.encoder.dim), np.float32)
+        )
+        self._use_bundle(bundle)
+        saved = store.get_array("state")
+        if saved is not None and store.get_json("state_bundle") == bundle.version:
+            self._state = _state_from_array(saved, model.network)
+        else:
+            self._state = self._replay()
+
+    @classmethod
+    def create(
+        cls,
+        folder: Path | str,
+        key: bytes,
+        model: DeviceModel,
+        public_key: Ed25519PublicKey,
+        bundle_blob: bytes,
+    ) -> Device:
+        """A new device in ``folder``, with the server's first signed item bundle."""
+        folder = Path(folder)
+        bundle = verify_bundle(bundle_blob, public_key)
+        store = EncryptedStore(folder, key, create=True)
+        _write_atomic(folder / BUNDLE_FILE, bundle_blob)
+        return cls(folder, store, model, public_key, bundle)
+
+    @classmethod
+    def open(
+        cls, folder: Path | str, key: bytes, model: DeviceModel, public_key: Ed25519PublicKey
+    ) -> Device:
+        """The device saved in ``folder``; its bundle is verified again."""
+        folder = Path(folder)
+        store = EncryptedStore(folder, key)
+        bundle = verify_bundle((folder / BUNDLE_FILE).read_bytes(), public_key)
+        return cls(folder, store, model, public_key, bundle)
+
+    # -- feedback ----------------------------------------------------------------------------
+
+    def record(
+        self,
+        item: str,
+        event: str = "interaction",
+        value: float | None = None,
+        timestamp: int | None = None,
+    ) -> None:
+        """The person interacted with ``item`` (a click, a rating ``value``, ...)."""
+        position = self._positions.get(item) if isinstance(item, str) else None
+        if position is None:
+            raise DeviceInputError(f"unknown item {item!r}: not in the item bundle")
+        if not isinstance(event, str) or not event.strip():
+            raise DeviceInputError("event must be a non-empty string such as 'click'")
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise DeviceInputError(f"value must be a finite number or None, got {value!r}")
+        when = self._timestamp(timestamp)
+        vector = torch.tensor(self._vectors[position])
+        self._advance(
+            vector,
+            ITEM_EVENT,
+            {"t": when, "kind": "item", "item": item, "event": event, "value": value},
+        )
+
+    def add_text(
+        self, text: str | bytes, timestamp: int | None = None, item: str | None = None
+    ) -> None:
+        """The person wrote ``text`` (a review, a comment, a search), optionally about ``item``."""
+        text = _checked_text(text)
+        if item is not None and item not in self._positions:
+            raise DeviceInputError(f"unknown item {item!r}: not in the item bundle")
+        when = self._timestamp(timestamp)
+        features = self._model.encoder.encode([text])
+        with torch.no_grad():
+            vector = self._model.network.items(torch.from_numpy(features))[0]
+        self._text_features = np.concatenate([self._text_features, features])
+        record = {"t": when, "kind": "text", "text": text, "item": item}
+        self._advance(vector, TEXT_EVENT, record, text_features=True)
+
+    def _advance(
+        self,
+        vector: torch.Tensor,
+        kind: int,
+        record: dict[str, Any],
+        *,
+        text_features: bool = False,
+    ) -> None:
+        with torch.no_grad():
+            state = self._model.network.users.step(
+                self._state, vector[None, :], torch.tensor([kind])
+            )
+        history = [*self._history, record]
+        records = {
+            "history": json_record("history", history),
+            "state": array_record("state", _state_to_array(state)),
+            "state_bundle": json_record("state_bundle", self._bundle.version),
+        }
+        if text_features:
+            records["text_features"] = array_record("text_features", self._text_features)
+        self._store.put_many(records)
+        self._history, self._state = history, state
+
+    def _timestamp(self, timestamp: int | None) -> int:
+        last = int(self._history[-1]["t"]) if self._history else 0
+        if timestamp is None:
+            return max(int(time.time()), last)
+        if isinstance(timestamp, bool) or not isinstance(timestamp, int) or timestamp < 0:
+            raise DeviceInputError(f"timestamp must be Unix seconds (int >= 0), got {timestamp!r}")
+        if timestamp < last:
+            raise DeviceInputError(
+                f"timestamp {timestamp} is before the last event ({last}): events arrive in order"
+            )
+        return timestamp
+
+    # -- ranking -----------------------------------------------------------------------------
+
+    def interest(self) -> npt.NDArray[np.float32] | None:
+        """The current interest vector (it never leaves the device), or None before any event."""
+        if not self._history:
+            return None
+        with torch.no_grad():
+            return self._model.network.users.interest(self._state)[0].numpy()
+
+    def recommend(
+        self, k: int = 10, *, exclude_seen: bool = True, diversity: float = 0.0
+    ) -> list[Recommendation]:
+        """The ``k`` best items by cosine similarity to the interest vector.
+
+        ``diversity`` in [0, 1] re-ranks with maximal marginal relevance (0: pure relevance).
+        With no history yet (cold start), items central to the catalog, spread out by MMR.
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise DeviceInputError(f"k must be a positive integer, got {k!r}")
+        if not 0.0 <= diversity <= 1.0:
+            raise DeviceInputError(f"diversity must be in [0, 1], got {diversity!r}")
+        query = self.interest()
+        cold = query is None
+        if query is None:
+            query = self._centroid
+            diversity = max(diversity, 0.5)
+        exclude = self._seen() if exclude_seen else None
+        pool = k * DIVERSITY_POOL if diversity > 0 else k
+        items, scores = self._index.search(query, pool, exclude=exclude)
+        if diversity > 0:
+            chosen = _mmr(self._vectors[items], scores, k, diversity)
+            items, scores = items[chosen], scores[chosen]
+        return [
+            Recommendation(self._bundle.item_ids[i], float(s), self._explain(int(i), cold))
+            for i, s in zip(items[:k], scores[:k], strict=True)
+        ]
+
+    def _seen(self) -> npt.NDArray[np.int64]:
+        seen = {self._positions[e["item"]] for e in self._history if e["kind"] == "item"}
+        return np.fromiter(sorted(seen), dtype=np.int64, count=len(seen))
+
+    def _explain(self, item: int, cold: bool) -> str:
+        """The history event whose vector is closest to the item's: the one that contributed
+        most to the item's score."""
+        if cold:
+            return "a broad pick for a new profile"
+        vectors, events = self._event_vectors()
+        best = events[int(np.argmax(vectors @ self._vectors[item]))]
+        if best["kind"] == "item":
+            return f"you interacted with {best['item']}"
+        snippet = best["text"] if len(best["text"]) <= 60 else best["text"][:57] + "..."
+        return f'you wrote "{snippet}"'
+
+    def _event_vectors(self) -> tuple[npt.NDArray[np.float32], list[dict[str, Any]]]:
+        with torch.no_grad():
+            texts = self._model.network.items(torch.from_numpy(self._text_features)).numpy()
+        vectors, text_row = [], 0
+        for event in self._history:
+            if event["kind"] == "item":
+                vectors.append(self._vectors[self._positions[event["item"]]])
+            else:
+                vectors.append(texts[text_row])
+                text_row += 1
+        return np.stack(vectors), self._history
+
+    # -- bundles, export, forget -------------------------------------------------------------
+
+    def update_bundle(self, blob: bytes) -> None:
+        """Take a newer signed bundle from the server. A bundle that fails its signature or
+        checksum, or is not newer, raises and the device keeps the one it had."""
+        bundle = accept_bundle(self._bundle, blob, self._public_key)
+        missing = [
+            e["item"]
+            for e in self._history
+            if e["kind"] == "item" and e["item"] not in set(bundle.item_ids)
+        ]
+        if missing:
+            raise DeviceInputError(
+                f"the new bundle lacks items in this device's history: {missing[:5]}"
+            )
+        _write_atomic(self._folder / BUNDLE_FILE, blob)
+        self._use_bundle(bundle)
+        self._state = self._replay()
+        self._store.put_many(
+            {
+                "state": array_record("state", _state_to_array(self._state)),
+                "state_bundle": json_record("state_bundle", bundle.version),
+            }
+        )
+
+    def export(self) -> dict[str, Any]:
+        """Everything this device holds about the person, as JSON-ready data."""
+        interest = self.interest()
+        return {
+            "history": [dict(e) for e in self._history],
+            "interest": None if interest is None else interest.tolist(),
+            "bundle_version": self._bundle.version,
+        }
+
+    def forget(self) -> None:
+        """Delete all of this person's local data (and the bundle). The device is unusable after."""
+        self._store.forget()
+        forget_store(self._folder)
+        (self._folder / BUNDLE_FILE).unlink(missing_ok=True)
+        self._history = []
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _use_bundle(self, bundle: ItemBundle) -> None:
+        self._bundle = bundle
+        self._vectors = np.ascontiguousarray(bundle.dense(), dtype=np.float32)
+        self._index = ItemIndex(bundle.embeddings)
+        self._positions = {item: i for i, item in enumerate(bundle.item_ids)}
+        centroid = self._vectors.mean(axis=0)
+        self._centroid = centroid / max(float(np.linalg.norm(centroid)), 1e-12)
+
+    def _replay(self) -> UserState:
+        """The interest state recomputed from the whole history (after a new bundle)."""
+        users = self._model.network.users
+        state = users.start()
+        if not self._history:
+            return state
+        vectors, _ = self._event_vectors()
+        types = torch.tensor(
+            [ITEM_EVENT if e["kind"] == "item" else TEXT_EVENT for e in self._history]
+        )
+        with torch.no_grad():
+            for t in range(len(self._history)):
+                state = users.step(state, torch.from_numpy(vectors[t : t + 1]), types[t : t + 1])
+        return state
+
+
+def _checked_text(text: str | bytes) -> str:
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DeviceInputError(f"text is not valid UTF-8 (byte {err.start})") from None
+    if not isinstance(text, str):
+        raise DeviceInputError(f"text must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DeviceInputError("text contains characters that are not valid UTF-8") from None
+    text = unicodedata.normalize("NFC", text)
+    if not text.strip():
+        raise DeviceInputError("text is empty")
+    if len(text) > MAX_TEXT_CHARS:
+        raise DeviceInputError(
+            f"text has {len(text):,} characters, more than the {MAX_TEXT_CHARS:,} allowed"
+        )
+    if "\x00" in text:
+        raise DeviceInputError("text contains a NUL character")
+    return text
+
+
+def _mmr(
+    vectors: npt.NDArray[np.float32], scores: npt.NDArray[np.float32], k: int, diversity: float
+) -> list[int]:
+    """Maximal marginal relevance: greedily pick the item with the best
+    ``(1 - diversity) * relevance - diversity * (max similarity to those already picked)``."""
+    chosen: list[int] = []
+    closest = np.full(len(scores), -np.inf, dtype=np.float32)
+    for _ in range(min(k, len(scores))):
+        penalty = np.where(np.isfinite(closest), closest, 0.0)
+        value = (1 - diversity) * scores - diversity * penalty
+        value[chosen] = -np.inf
+        best = int(np.argmax(value))
+        chosen.append(best)
+        closest = np.maximum(closest, vectors @ vectors[best])
+    return chosen
+
+
+def _state_to_array(state: UserState) -> npt.NDArray[np.float32]:
+    parts = [state.hidden[0, 0], state.cell[0, 0], state.hidden_sum[0], state.events]
+    return torch.cat(parts).numpy()
+
+
+def _state_from_array(saved: npt.NDArray[Any], network: Recommender) -> UserState:
+    h = network.config.hidden_dim
+    if saved.shape != (3 * h + 1,):
+        raise ValueError(f"saved interest state has shape {saved.shape}, not ({3 * h + 1},)")
+    values = torch.tensor(saved, dtype=torch.float32)
+    return UserState(
+        values[:h].reshape(1, 1, h),
+        values[h : 2 * h].reshape(1, 1, h),
+        values[2 * h : 3 * h].reshape(1, h),
+        values[3 * h :],
+    )
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    tmp.replace(path)

@@ -1,0 +1,1 @@
+"""The recommender: item tower, LSTM user model, cosine scores, and its training."""

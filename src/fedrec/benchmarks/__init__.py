@@ -1,0 +1,1 @@
+"""Reproducible performance benchmarks (``fedrec bench NAME``), each returning a typed result."""

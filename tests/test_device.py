@@ -1,0 +1,243 @@
+"""The on-device SDK with the real encoder, real encryption and real signatures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedrec.client.device import Device, DeviceInputError, DeviceModel
+from fedrec.client.store import StoreNotFoundError
+from fedrec.shared.bundle import (
+    BundleError,
+    ItemBundle,
+    generate_signing_key,
+    sign_bundle,
+)
+from fedrec.shared.encoder.config import EncoderConfig
+from fedrec.shared.encoder.model import TextEncoder
+from fedrec.shared.model.network import ITEM_EVENT, TEXT_EVENT, ModelConfig, Recommender
+
+CATALOG = {
+    "bread": "Sourdough bread baking: starters, crusty loaves and rye",
+    "pizza": "Neapolitan pizza at home: dough, tomato sauce and a hot oven",
+    "pasta": "Fresh pasta by hand: tagliatelle, ravioli and egg dough",
+    "run": "Trail running for beginners: shoes, hills and pacing",
+    "marathon": "Marathon training plan: long runs, tempo and recovery",
+    "bike": "Road cycling: climbing, cadence and bike fitting",
+    "stars": "Backyard astronomy: telescopes, planets and star charts",
+    "moon": "Photographing the moon and planets through a telescope",
+    "jazz": "Jazz piano voicings: chords, swing and improvisation",
+    "blues": "Blues guitar licks: bends, shuffles and slide",
+    "camera": "Vintage film cameras: rangefinders, lenses and developing",
+    "garden": "Vegetable gardening: tomatoes, compost and raised beds",
+}
+KEY = bytes(range(32))
+
+
+@pytest.fixture(scope="module")
+def model() -> DeviceModel:
+    torch.manual_seed(0)
+    return DeviceModel(
+        Recommender(ModelConfig(hidden_dim=32)).eval(),
+        TextEncoder.from_config(EncoderConfig(max_length=32)),
+    )
+
+
+@pytest.fixture(scope="module")
+def signing() -> tuple[object, object]:
+    private = generate_signing_key()
+    return private, private.public_key()
+
+
+def bundle_blob(model: DeviceModel, private: object, version: int, int8: bool = False) -> bytes:
+    features = model.encoder.encode(list(CATALOG.values()))
+    with torch.no_grad():
+        vectors = model.network.items(torch.from_numpy(features)).numpy()
+    if version > 1:  # a later round: the item vectors moved a little
+        vectors = vectors + 0.01 * np.random.default_rng(version).normal(size=vectors.shape)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    from fedrec.shared.quantization import quantize_int8
+
+    embeddings = quantize_int8(vectors) if int8 else vectors.astype(np.float32)
+    bundle = ItemBundle(
+        version=version, model="test", item_ids=list(CATALOG), embeddings=embeddings
+    )
+    return sign_bundle(bundle, private)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def device(tmp_path: Path, model: DeviceModel, signing: tuple[object, object]) -> Device:
+    private, public = signing
+    return Device.create(tmp_path / "dev", KEY, model, public, bundle_blob(model, private, 1))  # type: ignore[arg-type]
+
+
+def batch_interest(device: Device, model: DeviceModel) -> torch.Tensor:
+    vectors, events = device._event_vectors()
+    types = torch.tensor([[ITEM_EVENT if e["kind"] == "item" else TEXT_EVENT for e in events]])
+    with torch.no_grad():
+        return model.network.users(torch.from_numpy(vectors)[None], types)[0, -1]
+
+
+def test_incremental_interest_equals_the_whole_history(device: Device, model: DeviceModel) -> None:
+    device.record("bread", "click", timestamp=10)
+    device.add_text("I love a crusty sourdough loaf", timestamp=20)
+    device.record("pizza", "rating", value=5.0, timestamp=30)
+    device.record("pasta", timestamp=30)
+    interest = device.interest()
+    assert interest is not None
+    torch.testing.assert_close(torch.from_numpy(interest), batch_interest(device, model))
+
+
+def test_recommendations_exclude_seen_and_explain(device: Device) -> None:
+    device.record("bread", timestamp=10)
+    device.add_text("tips for my sourdough starter and pizza dough", timestamp=11)
+    results = device.recommend(k=5)
+    assert len(results) == 5 and "bread" not in [r.item_id for r in results]
+    assert [r.score for r in results] == sorted((r.score for r in results), reverse=True)
+    assert all(r.because.startswith(("you interacted with", "you wrote")) for r in results)
+    everything = device.recommend(k=len(CATALOG), exclude_seen=False)
+    assert len(everything) == len(CATALOG) and "bread" in [r.item_id for r in everything]
+    assert len(device.recommend(k=len(CATALOG))) == len(CATALOG) - 1
+
+
+def test_state_survives_reopening(
+    tmp_path: Path, device: Device, model: DeviceModel, signing: tuple[object, object]
+) -> None:
+    device.record("jazz", timestamp=5)
+    device.add_text("swing piano chords", timestamp=6)
+    before = device.interest()
+    again = Device.open(tmp_path / "dev", KEY, model, signing[1])  # type: ignore[arg-type]
+    np.testing.assert_array_equal(again.interest(), before)
+    assert [r.item_id for r in again.recommend(3)] == [r.item_id for r in device.recommend(3)]
+
+
+def test_no_raw_text_or_interest_vector_on_disk_in_the_clear(
+    tmp_path: Path, device: Device
+) -> None:
+    secret = "my neighbour's secret garden diary entry"
+    device.add_text(secret, timestamp=1)
+    device.record("garden", timestamp=2)
+    interest = device.interest()
+    assert interest is not None
+    blobs = b"".join(p.read_bytes() for p in (tmp_path / "dev").rglob("*") if p.is_file())
+    for needle in (
+        secret.encode(),
+        secret.encode("utf-16-le"),
+        interest.tobytes(),
+        interest.astype(np.float64).tobytes(),
+    ):
+        assert needle not in blobs
+
+
+def test_cold_start_gives_diverse_results(device: Device) -> None:
+    results = device.recommend(k=4)
+    assert len(results) == 4 and all(r.because == "a broad pick for a new profile" for r in results)
+    assert len({r.item_id for r in results}) == 4
+
+
+def test_a_first_text_ends_the_cold_start(device: Device) -> None:
+    device.add_text("which telescope should I buy to see saturn's rings?", timestamp=1)
+    results = device.recommend(k=2)
+    assert device.interest() is not None and len(results) == 2
+    assert all(r.because.startswith('you wrote "which telescope') for r in results)
+
+
+def test_diversity_spreads_the_list(device: Device) -> None:
+    device.record("run", timestamp=1)
+    device.record("marathon", timestamp=2)
+
+    def spread(items: list[str]) -> float:
+        rows = device._vectors[[device._positions[i] for i in items]]
+        sims = rows @ rows.T
+        return float(sims[np.triu_indices(len(items), 1)].mean())
+
+    plain = [r.item_id for r in device.recommend(k=4)]
+    varied = [r.item_id for r in device.recommend(k=4, diversity=0.8)]
+    assert spread(varied) < spread(plain)
+
+
+def test_tampered_bundle_is_refused_and_the_old_one_kept(
+    device: Device, model: DeviceModel, signing: tuple[object, object]
+) -> None:
+    device.record("bike", timestamp=1)
+    before = device.recommend(k=3)
+    blob = bytearray(bundle_blob(model, signing[0], 2))
+    blob[len(blob) // 2] ^= 0xFF
+    with pytest.raises(BundleError):
+        device.update_bundle(bytes(blob))
+    other = generate_signing_key()
+    with pytest.raises(BundleError):
+        device.update_bundle(bundle_blob(model, other, 3))
+    with pytest.raises(BundleError):
+        device.update_bundle(bundle_blob(model, signing[0], 1))  # not newer
+    assert device.recommend(k=3) == before
+
+
+def test_newer_bundle_rebuilds_the_interest(
+    device: Device, model: DeviceModel, signing: tuple[object, object]
+) -> None:
+    device.record("stars", timestamp=1)
+    device.add_text("planets tonight", timestamp=2)
+    before = device.interest()
+    device.update_bundle(bundle_blob(model, signing[0], 2, int8=True))
+    after = device.interest()
+    assert after is not None and not np.array_equal(after, before)
+    torch.testing.assert_close(torch.from_numpy(after), batch_interest(device, model))
+    assert len(device.recommend(k=3)) == 3
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda d: d.add_text(""), "text is empty"),
+        (lambda d: d.add_text("   "), "text is empty"),
+        (lambda d: d.add_text("x" * 10_001), "more than the 10,000 allowed"),
+        (lambda d: d.add_text(b"caf\xe9"), "text is not valid UTF-8"),
+        (lambda d: d.add_text("bad \ud800 surrogate"), "not valid UTF-8"),
+        (lambda d: d.add_text("nul\x00"), "NUL character"),
+        (lambda d: d.add_text(42), "text must be a string"),
+        (lambda d: d.add_text("ok", item="nope"), "unknown item 'nope'"),
+        (lambda d: d.record("nope"), "unknown item 'nope'"),
+        (lambda d: d.record("jazz", value=float("nan")), "value must be a finite number"),
+        (lambda d: d.record("jazz", value=float("inf")), "value must be a finite number"),
+        (lambda d: d.record("jazz", event=""), "event must be a non-empty string"),
+        (lambda d: d.record("jazz", timestamp=50), "timestamp 50 is before the last event (100)"),
+        (lambda d: d.record("jazz", timestamp=-1), "timestamp must be Unix seconds"),
+        (lambda d: d.recommend(k=0), "k must be a positive integer"),
+        (lambda d: d.recommend(diversity=2.0), "diversity must be in [0, 1]"),
+    ],
+)
+def test_bad_input_is_refused_and_changes_nothing(
+    device: Device, call: object, message: str
+) -> None:
+    device.record("blues", timestamp=100)
+    generation, history, interest = (
+        device._store.generation,
+        list(device._history),
+        device.interest(),
+    )
+    with pytest.raises(DeviceInputError) as raised:
+        call(device)  # type: ignore[operator]
+    assert message in str(raised.value)
+    assert device._store.generation == generation and device._history == history
+    np.testing.assert_array_equal(device.interest(), interest)
+
+
+def test_export_then_forget(
+    tmp_path: Path, device: Device, model: DeviceModel, signing: tuple[object, object]
+) -> None:
+    device.add_text("film rangefinder advice", timestamp=1)
+    device.record("camera", timestamp=2)
+    exported = device.export()
+    assert [e["kind"] for e in exported["history"]] == ["text", "item"]
+    assert exported["history"][0]["text"] == "film rangefinder advice"
+    assert len(exported["interest"]) == 384
+    device.forget()
+    assert not [p for p in (tmp_path / "dev").rglob("*") if p.is_file()]
+    with pytest.raises(StoreNotFoundError):
+        Device.open(tmp_path / "dev", KEY, model, signing[1])  # type: ignore[arg-type]
+    assert os.path.exists(tmp_path)

@@ -1,0 +1,148 @@
+"""The recommender network: incremental equals batch, padding never leaks, per-example losses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fedrec.shared.data.dataset import Interactions, UserTexts
+from fedrec.shared.model.events import build_sequences
+from fedrec.shared.model.network import ITEM_EVENT, TEXT_EVENT, ModelConfig, Recommender
+from fedrec.shared.model.training import Features, TrainConfig, train_central
+
+SMALL = ModelConfig(feature_dim=12, item_dim=12, hidden_dim=8)
+
+
+def test_incremental_steps_equal_the_whole_sequence() -> None:
+    torch.manual_seed(0)
+    model = Recommender(SMALL).eval()
+    features = torch.randn(1, 7, 12)
+    types = torch.tensor([[0, 1, 0, 0, 1, 0, 0]])
+    with torch.no_grad():
+        batch = model.users(features, types)[0]
+        state = model.users.start()
+        for t in range(7):
+            state = model.users.step(state, features[:, t], types[:, t])
+            torch.testing.assert_close(model.users.interest(state)[0], batch[t])
+
+
+def test_padding_does_not_change_earlier_positions() -> None:
+    torch.manual_seed(0)
+    model = Recommender(SMALL).eval()
+    features, types = torch.randn(1, 5, 12), torch.zeros(1, 5, dtype=torch.long)
+    padded = torch.cat([features, torch.zeros(1, 3, 12)], dim=1)
+    padded_types = torch.cat([types, torch.zeros(1, 3, dtype=torch.long)], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.users(padded, padded_types)[:, :5], model.users(features, types)
+        )
+
+
+def test_final_equals_the_last_position_of_each_row() -> None:
+    torch.manual_seed(0)
+    model = Recommender(SMALL).eval()
+    vectors, types = torch.randn(3, 6, 12), torch.randint(0, 2, (3, 6))
+    lengths = torch.tensor([6, 2, 4])
+    with torch.no_grad():
+        every = model.users(vectors, types)
+        final = model.users.final(vectors, types, lengths)
+    torch.testing.assert_close(final, every[torch.arange(3), lengths - 1])
+
+
+def test_interest_needs_an_event() -> None:
+    model = Recommender(SMALL)
+    with pytest.raises(ValueError, match="needs at least one event"):
+        model.users.interest(model.users.start())
+
+
+def test_untrained_item_tower_is_the_normalised_encoder() -> None:
+    model = Recommender(SMALL)
+    features = torch.randn(4, 12)
+    torch.testing.assert_close(model.items(features), F.normalize(features, dim=-1))
+
+
+def test_scores_are_cosines_over_temperature() -> None:
+    model = Recommender(SMALL)
+    users, items = F.normalize(torch.randn(2, 12), dim=-1), F.normalize(torch.randn(5, 12), dim=-1)
+    torch.testing.assert_close(model.logits(users, items), (users @ items.T) / 0.05)
+    assert model.logits(users, items).abs().max() <= 1 / 0.05 + 1e-4
+
+
+def per_example_grads(
+    model: Recommender, features: torch.Tensor, targets: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    types = torch.zeros(features.shape[:2], dtype=torch.long)
+    items = torch.randn(6, 12, generator=torch.Generator().manual_seed(1))
+    model.zero_grad()
+    logits = model.logits(model.users(features, types)[:, -1], model.items(items))
+    F.cross_entropy(logits, targets, reduction="none")[0].backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_an_examples_gradient_does_not_depend_on_its_batch() -> None:
+    torch.manual_seed(0)
+    model = Recommender(SMALL)
+    mine = torch.randn(1, 4, 12)
+    with_a = per_example_grads(
+        model, torch.cat([mine, torch.randn(3, 4, 12)]), torch.tensor([1, 2, 3, 4])
+    )
+    with_b = per_example_grads(
+        model, torch.cat([mine, torch.randn(2, 4, 12)]), torch.tensor([1, 5, 0])
+    )
+    assert with_a.keys() == with_b.keys() == {n for n, _ in model.named_parameters()}
+    for name in with_a:
+        torch.testing.assert_close(with_a[name], with_b[name], msg=name)
+
+
+def test_sequences_merge_items_and_texts_in_time_order() -> None:
+    rows = Interactions(
+        users=np.array([0, 0, 1, 0], dtype=np.int64),
+        items=np.array([2, 0, 1, 1], dtype=np.int64),
+        timestamps=np.array([30, 10, 5, 20], dtype=np.int64),
+        values=np.full(4, np.nan),
+    )
+    texts = UserTexts(
+        users=np.array([0, 1], dtype=np.int64),
+        timestamps=np.array([20, 1], dtype=np.int64),
+        texts=["review", "query"],
+        items=np.array([1, -1], dtype=np.int64),
+    )
+    seq = build_sequences(num_users=3, num_items=3, interactions=rows, texts=texts)
+    assert seq.ptr.tolist() == [0, 4, 6, 6]
+    user0 = seq.user(0)
+    assert seq.types[user0].tolist() == [ITEM_EVENT, ITEM_EVENT, TEXT_EVENT, ITEM_EVENT]
+    assert seq.rows[user0].tolist() == [0, 1, 3, 2]  # text 0 is feature row 3 + 0
+    assert seq.next_items[user0].tolist() == [1, 2, 2, -1]
+    assert seq.rows[seq.user(1)].tolist() == [4, 1]
+    assert seq.next_items[seq.user(1)].tolist() == [1, -1]
+
+
+def test_central_training_learns_a_planted_pattern() -> None:
+    # Item i is always followed by item (i + 1) % 6; features are random but fixed.
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(20), 8)
+    items = (rng.integers(0, 6, size=20)[:, None] + np.arange(8)).ravel() % 6
+    rows = Interactions(users, items, np.tile(np.arange(8), 20), np.full(160, np.nan))
+    seq = build_sequences(20, 6, rows, UserTexts.empty())
+    torch.manual_seed(0)
+    features = Features(F.normalize(torch.randn(6, 12), dim=-1), num_items=6)
+    model = Recommender(SMALL)
+    log = train_central(
+        model, seq, features, TrainConfig(epochs=30, batch_users=5, learning_rate=1e-2)
+    )
+    assert log.losses[-1] < 0.5 * log.losses[0]
+    with torch.no_grad():
+        vectors = model.items(features.table)
+        interests = model.users(vectors[torch.tensor([[0, 1, 2]])], torch.zeros(1, 3).long())
+        scores = model.logits(interests[0, -1], vectors)
+    scores[:3] = -torch.inf  # the history's own items are excluded when ranking
+    assert int(scores.argmax()) == 3
+
+
+def test_train_config_rejects_nonsense() -> None:
+    with pytest.raises(ValueError, match="batch_users must be at least 1, got 0"):
+        TrainConfig(batch_users=0)
+    with pytest.raises(ValueError, match="temperature must be in"):
+        ModelConfig(temperature=0)
