@@ -13,6 +13,8 @@ import math
 import os
 import time
 import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,8 @@ from fedrec.shared.ranking import ItemIndex
 BUNDLE_FILE = "items.bundle"
 #: How many candidates per wanted result MMR re-ranks when diversity is asked for.
 DIVERSITY_POOL = 5
+#: How many recent events explanations look at.
+EXPLAIN_WINDOW = 200
 
 
 class DeviceInputError(ValueError):
@@ -152,19 +156,18 @@ class Device:
         features = self._model.encoder.encode([text])
         with torch.no_grad():
             vector = self._model.network.items(torch.from_numpy(features))[0]
-        self._text_features = np.concatenate([self._text_features, features])
         record = {"t": when, "kind": "text", "text": text, "item": item}
-        self._advance(vector, TEXT_EVENT, record, text_features=True)
+        self._advance(vector, TEXT_EVENT, record, np.concatenate([self._text_features, features]))
 
     def _advance(
         self,
         vector: torch.Tensor,
         kind: int,
         record: dict[str, Any],
-        *,
-        text_features: bool = False,
+        text_features: npt.NDArray[np.float32] | None = None,
     ) -> None:
-        with torch.no_grad():
+        """Take one event: an LSTM step, then one atomic write; memory changes only after it."""
+        with torch.no_grad(), _one_thread():
             state = self._model.network.users.step(
                 self._state, vector[None, :], torch.tensor([kind])
             )
@@ -174,10 +177,15 @@ class Device:
             "state": array_record("state", _state_to_array(state)),
             "state_bundle": json_record("state_bundle", self._bundle.version),
         }
-        if text_features:
-            records["text_features"] = array_record("text_features", self._text_features)
+        if text_features is not None:
+            records["text_features"] = array_record("text_features", text_features)
         self._store.put_many(records)
         self._history, self._state = history, state
+        if text_features is not None:
+            self._text_features = text_features
+        self._event_matrix = np.concatenate([self._event_matrix, vector.numpy()[None, :]])
+        if record["kind"] == "item":
+            self._seen_mask[self._positions[record["item"]]] = True
 
     def _timestamp(self, timestamp: int | None) -> int:
         last = int(self._history[-1]["t"]) if self._history else 0
@@ -217,34 +225,38 @@ class Device:
         if query is None:
             query = self._centroid
             diversity = max(diversity, 0.5)
-        exclude = self._seen() if exclude_seen else None
+        exclude = self._seen_mask if exclude_seen else None
         pool = k * DIVERSITY_POOL if diversity > 0 else k
         items, scores = self._index.search(query, pool, exclude=exclude)
         if diversity > 0:
             chosen = _mmr(self._vectors[items], scores, k, diversity)
             items, scores = items[chosen], scores[chosen]
+        items, scores = items[:k], scores[:k]
+        reasons = ["a broad pick for a new profile"] * len(items) if cold else self._explain(items)
         return [
-            Recommendation(self._bundle.item_ids[i], float(s), self._explain(int(i), cold))
-            for i, s in zip(items[:k], scores[:k], strict=True)
+            Recommendation(self._bundle.item_ids[i], float(s), reason)
+            for i, s, reason in zip(items, scores, reasons, strict=True)
         ]
 
-    def _seen(self) -> npt.NDArray[np.int64]:
-        seen = {self._positions[e["item"]] for e in self._history if e["kind"] == "item"}
-        return np.fromiter(sorted(seen), dtype=np.int64, count=len(seen))
+    def _explain(self, items: npt.NDArray[np.int64]) -> list[str]:
+        """For each item, the recent history event whose vector is closest to the item's: the
+        one that contributed most to its score."""
+        events = self._history[-EXPLAIN_WINDOW:]
+        closest = np.argmax(self._event_matrix[-EXPLAIN_WINDOW:] @ self._vectors[items].T, axis=0)
+        reasons = []
+        for row in closest:
+            event = events[int(row)]
+            if event["kind"] == "item":
+                reasons.append(f"you interacted with {event['item']}")
+            else:
+                text = event["text"] if len(event["text"]) <= 60 else event["text"][:57] + "..."
+                reasons.append(f'you wrote "{text}"')
+        return reasons
 
-    def _explain(self, item: int, cold: bool) -> str:
-        """The history event whose vector is closest to the item's: the one that contributed
-        most to the item's score."""
-        if cold:
-            return "a broad pick for a new profile"
-        vectors, events = self._event_vectors()
-        best = events[int(np.argmax(vectors @ self._vectors[item]))]
-        if best["kind"] == "item":
-            return f"you interacted with {best['item']}"
-        snippet = best["text"] if len(best["text"]) <= 60 else best["text"][:57] + "..."
-        return f'you wrote "{snippet}"'
-
-    def _event_vectors(self) -> tuple[npt.NDArray[np.float32], list[dict[str, Any]]]:
+    def _event_vectors(self) -> npt.NDArray[np.float32]:
+        """Every history event as an item-space vector, oldest first."""
+        if not self._history:
+            return np.zeros((0, self._vectors.shape[1]), dtype=np.float32)
         with torch.no_grad():
             texts = self._model.network.items(torch.from_numpy(self._text_features)).numpy()
         vectors, text_row = [], 0
@@ -254,7 +266,7 @@ class Device:
             else:
                 vectors.append(texts[text_row])
                 text_row += 1
-        return np.stack(vectors), self._history
+        return np.stack(vectors)
 
     # -- bundles, export, forget -------------------------------------------------------------
 
@@ -306,6 +318,11 @@ class Device:
         self._positions = {item: i for i, item in enumerate(bundle.item_ids)}
         centroid = self._vectors.mean(axis=0)
         self._centroid = centroid / max(float(np.linalg.norm(centroid)), 1e-12)
+        self._event_matrix = self._event_vectors()
+        self._seen_mask = np.zeros(len(bundle.item_ids), dtype=bool)
+        for event in self._history:
+            if event["kind"] == "item":
+                self._seen_mask[self._positions[event["item"]]] = True
 
     def _replay(self) -> UserState:
         """The interest state recomputed from the whole history (after a new bundle)."""
@@ -313,7 +330,7 @@ class Device:
         state = users.start()
         if not self._history:
             return state
-        vectors, _ = self._event_vectors()
+        vectors = self._event_matrix
         types = torch.tensor(
             [ITEM_EVENT if e["kind"] == "item" else TEXT_EVENT for e in self._history]
         )
@@ -321,6 +338,18 @@ class Device:
             for t in range(len(self._history)):
                 state = users.step(state, torch.from_numpy(vectors[t : t + 1]), types[t : t + 1])
         return state
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run a tiny torch op on one thread: for a single LSTM step, waking a second thread costs
+    100x the step itself on a busy 2-core machine (docs/benchmarks.md). Restores the setting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _checked_text(text: str | bytes) -> str:

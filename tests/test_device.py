@@ -76,8 +76,9 @@ def device(tmp_path: Path, model: DeviceModel, signing: tuple[object, object]) -
 
 
 def batch_interest(device: Device, model: DeviceModel) -> torch.Tensor:
-    vectors, events = device._event_vectors()
-    types = torch.tensor([[ITEM_EVENT if e["kind"] == "item" else TEXT_EVENT for e in events]])
+    vectors = device._event_vectors()
+    kinds = [e["kind"] for e in device._history]
+    types = torch.tensor([[ITEM_EVENT if kind == "item" else TEXT_EVENT for kind in kinds]])
     with torch.no_grad():
         return model.network.users(torch.from_numpy(vectors)[None], types)[0, -1]
 
@@ -241,3 +242,20 @@ def test_export_then_forget(
     with pytest.raises(StoreNotFoundError):
         Device.open(tmp_path / "dev", KEY, model, signing[1])  # type: ignore[arg-type]
     assert os.path.exists(tmp_path)
+
+
+def test_a_failed_write_changes_nothing(device: Device, monkeypatch: pytest.MonkeyPatch) -> None:
+    device.record("jazz", timestamp=1)
+    history, features, interest = list(device._history), device._text_features, device.interest()
+
+    def disk_full(records: object) -> None:
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(device._store, "put_many", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        device.add_text("swing feel on the ride cymbal", timestamp=2)
+    with pytest.raises(OSError, match="No space left"):
+        device.record("blues", timestamp=3)
+    assert device._history == history and device._text_features is features
+    np.testing.assert_array_equal(device.interest(), interest)
+    assert len(device._event_matrix) == 1 and not device._seen_mask[device._positions["blues"]]
