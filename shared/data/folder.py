@@ -50,11 +50,9 @@ def load_folder(folder: Path | str, *, max_text_chars: int = MAX_TEXT_CHARS) -> 
     if not len(interactions):
         raise DataError("no interactions: the file has a header but no rows", interactions.path)
 
-    user_order = dict.fromkeys(interactions.columns["user_id"])
-    if texts is not None:
-        user_order.update(dict.fromkeys(texts.columns["user_id"]))
-    user_ids = list(user_order)
-    user_index = {u: i for i, u in enumerate(user_ids)}
+    user_ids, user_index = index_users(
+        interactions.columns["user_id"], texts.columns["user_id"] if texts else []
+    )
 
     rows = Interactions(
         users=interactions.lookup("user_id", user_index, "user"),
@@ -87,6 +85,15 @@ def load_folder(folder: Path | str, *, max_text_chars: int = MAX_TEXT_CHARS) -> 
             dropped={"duplicate interactions (same user, item and timestamp)": duplicates},
         ),
     )
+
+
+def index_users(*columns: list[str]) -> tuple[list[str], dict[str, int]]:
+    """The users in ``columns`` in order of first appearance, and each one's position."""
+    order: dict[str, None] = {}
+    for column in columns:
+        order.update(dict.fromkeys(column))
+    user_ids = list(order)
+    return user_ids, {u: i for i, u in enumerate(user_ids)}
 
 
 def unique_index(table: Table, column: str) -> dict[str, int]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fedrec.shared.data.dataset import Dataset, Interactions, LoadSummary, UserTexts
 from fedrec.shared.data.errors import DataError
-from fedrec.shared.data.folder import drop_duplicate_events, unique_index
+from fedrec.shared.data.folder import drop_duplicate_events, index_users, unique_index
 from fedrec.shared.data.table import MAX_TEXT_CHARS, read_table
 
 
@@ -37,11 +37,9 @@ def load_movielens(folder: Path | str, *, max_text_chars: int = MAX_TEXT_CHARS) 
     item_index = unique_index(movies, "movieId")
     titles = movies.texts("title", max_chars=max_text_chars)
     genres = movies.columns["genres"]
-    user_order = dict.fromkeys(ratings.columns["userId"])
-    if tags is not None:
-        user_order.update(dict.fromkeys(tags.columns["userId"]))
-    user_ids = list(user_order)
-    user_index = {u: i for i, u in enumerate(user_ids)}
+    user_ids, user_index = index_users(
+        ratings.columns["userId"], tags.columns["userId"] if tags else []
+    )
 
     rows, duplicates = drop_duplicate_events(
         Interactions(

@@ -8,12 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedrec import __version__
+from fedrec.benchmarks.rank import RankBenchmarkResult, run_rank_benchmark
 from fedrec.shared.data.errors import DataError
 from fedrec.shared.data.folder import save_folder
 from fedrec.shared.data.spec import SPEC_HELP, load_data
 from fedrec.shared.encoder.config import EncoderConfig
 from fedrec.shared.evaluation.baselines import BASELINES, BaselineConfig
-from fedrec.shared.evaluation.harness import EvaluationConfig
+from fedrec.shared.evaluation.harness import EvaluationConfig, EvaluationResult
 from fedrec.shared.evaluation.run import run_baseline, run_central
 from fedrec.shared.model.network import ModelConfig
 from fedrec.shared.model.training import TrainConfig
@@ -40,9 +41,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         args.data, model, EvaluationConfig(resamples=args.resamples, seed=args.seed)
     )
     print(result.table())
-    if args.json:
-        result.write_json(args.json)
-        print(f"wrote {args.json}")
+    _write_json(result, args.json)
     return 0
 
 
@@ -69,21 +68,21 @@ def _train(args: argparse.Namespace) -> int:
             + ", ".join(f"{loss:.3f}" for loss in recommender.log.losses)
         )
     print(result.table())
-    if args.json:
-        result.write_json(args.json)
-        print(f"wrote {args.json}")
+    _write_json(result, args.json)
     return 0
 
 
 def _bench_rank(args: argparse.Namespace) -> int:
-    from fedrec.benchmarks.rank import run_rank_benchmark
-
     result = run_rank_benchmark(n_items=args.items, seed=args.seed)
     print(result.table())
-    if args.json:
-        result.write_json(args.json)
-        print(f"wrote {args.json}")
+    _write_json(result, args.json)
     return 0
+
+
+def _write_json(result: EvaluationResult | RankBenchmarkResult, path: Path | None) -> None:
+    if path:
+        result.write_json(path)
+        print(f"wrote {path}")
 
 
 def _data_describe(args: argparse.Namespace) -> int:
