@@ -66,6 +66,15 @@ class Device:
     from the host app's keystore (32 bytes). See README "On-device SDK" for an example.
     """
 
+    # Derived from the bundle (and the history) by _use_bundle:
+    _bundle: ItemBundle
+    _vectors: npt.NDArray[np.float32]
+    _index: ItemIndex
+    _positions: dict[str, int]
+    _centroid: npt.NDArray[np.float32]
+    _event_matrix: npt.NDArray[np.float32]
+    _seen_mask: npt.NDArray[np.bool_]
+
     def __init__(
         self,
         folder: Path,
