@@ -20,7 +20,16 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["evaluate"], ["train"], ["bench"], ["bench", "rank"], ["data"], ["data", "describe"]],
+    [
+        [],
+        ["evaluate"],
+        ["train"],
+        ["bench"],
+        ["bench", "rank"],
+        ["bench", "feedback"],
+        ["data"],
+        ["data", "describe"],
+    ],
 )
 def test_every_command_has_help(command: list[str]) -> None:
     done = run(*command, "--help")

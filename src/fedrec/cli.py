@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedrec import __version__
+from fedrec.benchmarks.feedback import FeedbackBenchmarkResult, run_feedback_benchmark
 from fedrec.benchmarks.rank import RankBenchmarkResult, run_rank_benchmark
 from fedrec.shared.data.errors import DataError
 from fedrec.shared.data.folder import save_folder
@@ -79,7 +80,16 @@ def _bench_rank(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_json(result: EvaluationResult | RankBenchmarkResult, path: Path | None) -> None:
+def _bench_feedback(args: argparse.Namespace) -> int:
+    result = run_feedback_benchmark(n_items=args.items, seed=args.seed)
+    print(result.table())
+    _write_json(result, args.json)
+    return 0
+
+
+def _write_json(
+    result: EvaluationResult | RankBenchmarkResult | FeedbackBenchmarkResult, path: Path | None
+) -> None:
     if path:
         result.write_json(path)
         print(f"wrote {path}")
@@ -177,6 +187,16 @@ def _parser() -> argparse.ArgumentParser:
     rank.add_argument("--items", type=int, default=100_000, help="catalog size (default 100000)")
     rank.add_argument("--seed", type=int, default=0)
     rank.set_defaults(run=_bench_rank)
+    feedback = benches.add_parser(
+        "feedback",
+        help="on-device latency from an event to a refreshed top-10",
+        description="A real device over synthetic items: time from recording an item event, or "
+        "a text (encoded on the device), to the refreshed top-10; p50 and p99.",
+    )
+    feedback.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
+    feedback.add_argument("--items", type=int, default=10_000, help="catalog size (default 10000)")
+    feedback.add_argument("--seed", type=int, default=0)
+    feedback.set_defaults(run=_bench_feedback)
 
     data = commands.add_parser(
         "data", help="inspect or convert data sets", description="Inspect or convert data sets."
