@@ -169,6 +169,8 @@ def test_evaluation_result_json_layout() -> None:
     keys = {"hr@10", "ndcg@10", "mrr", "coverage@10"}
     assert set(out["metrics"]) == keys and set(out["ci95"]) == keys
     assert out["users"] == len(split.users)
+    result = evaluate(model, split, EvaluationConfig(resamples=50))
+    assert "users with fewer than 3 distinct items not evaluated" in result.table()
 
 
 def test_evaluation_config_rejects_nonsense() -> None:

@@ -58,6 +58,7 @@ class EvaluationResult:
     users: int
     metrics: dict[str, float]
     ci95: dict[str, tuple[float, float]]
+    details: str = ""  # who was evaluated and what was left out; printed, not in the JSON
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,6 +75,8 @@ class EvaluationResult:
 
     def table(self) -> str:
         lines = [f"{self.model} on {self.data} ({self.users:,} users, {self.split})"]
+        if self.details:
+            lines.append(self.details)
         lines.append(f"{'metric':<13}{'value':>8}   95% CI")
         for name in METRICS:
             low, high = self.ci95[name]
@@ -95,6 +98,7 @@ def evaluate(
         users=len(split.users),
         metrics=point_estimates(ranks, top, num_candidates),
         ci95=bootstrap_ci(ranks, top, num_candidates, resamples=config.resamples, seed=config.seed),
+        details=split.describe(),
     )
 
 

@@ -56,10 +56,6 @@ class Features:
     table: torch.Tensor
     num_items: int
 
-    @property
-    def items(self) -> torch.Tensor:
-        return self.table[: self.num_items]
-
 
 def encode_features(split: Split, encoder: EncoderConfig, texts: list[str]) -> Features:
     """Item texts and user texts through the frozen encoder (cached on disk)."""
