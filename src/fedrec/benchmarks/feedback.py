@@ -8,18 +8,18 @@ latency does not depend on their values.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from fedrec.benchmarks import BenchmarkReport
 from fedrec.benchmarks.rank import machine_facts
 from fedrec.client.device import Device, DeviceModel
 from fedrec.shared.bundle import ItemBundle, generate_signing_key, sign_bundle
@@ -27,10 +27,6 @@ from fedrec.shared.encoder.config import EncoderConfig
 from fedrec.shared.encoder.model import TextEncoder
 from fedrec.shared.model.network import ModelConfig, Recommender
 
-TARGETS: dict[str, tuple[str, float]] = {
-    "item_event_p99_ms": ("<=", 5.0),
-    "text_event_p99_ms": ("<=", 60.0),
-}
 TEXTS = (
     "looking for a beginner telescope to see the rings of saturn",
     "loved the part about sourdough starters, more of that please",
@@ -41,8 +37,13 @@ TEXTS = (
 
 
 @dataclass(frozen=True)
-class FeedbackBenchmarkResult:
+class FeedbackBenchmarkResult(BenchmarkReport):
     """Latencies in milliseconds of one run of :func:`run_feedback_benchmark`."""
+
+    TARGETS: ClassVar[dict[str, tuple[str, float]]] = {
+        "item_event_p99_ms": ("<=", 5.0),
+        "text_event_p99_ms": ("<=", 60.0),
+    }
 
     n_items: int
     history: int
@@ -55,12 +56,6 @@ class FeedbackBenchmarkResult:
     parts_p50_ms: dict[str, float]
     machine: dict[str, Any]
 
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "targets": {name: list(t) for name, t in TARGETS.items()}}
-
-    def write_json(self, path: Path | str) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
-
     def table(self) -> str:
         lines = [
             f"feedback: event -> refreshed top-10 over {self.n_items:,} items, "
@@ -72,11 +67,8 @@ class FeedbackBenchmarkResult:
             "text_event_p50_ms",
             "text_event_p99_ms",
         ):
-            value, target = getattr(self, name), ""
-            if name in TARGETS:
-                op, bound = TARGETS[name]
-                target = f"   target {op} {bound:g}: {'met' if value <= bound else 'MISSED'}"
-            lines.append(f"{name:<24}{value:>9.2f}{target}")
+            value = getattr(self, name)
+            lines.append(f"{name:<24}{value:>9.2f}{self.verdict(name, value)}")
         lines += [f"{name + ' p50 (ms)':<24}{ms:>9.2f}" for name, ms in self.parts_p50_ms.items()]
         return "\n".join(lines)
 

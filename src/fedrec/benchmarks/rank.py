@@ -6,30 +6,23 @@ may be shared and noisy), and the median over rounds is reported; see docs/bench
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any, ClassVar, cast
 
 import numba
 import numpy as np
 import numpy.typing as npt
 import torch
 
+from fedrec.benchmarks import BenchmarkReport
 from fedrec.shared.quantization import Float32Array, quantize_int8
 from fedrec.shared.ranking import ItemIndex
 
-TARGETS: dict[str, tuple[str, float]] = {
-    "fp32_floor_ratio": ("<=", 1.2),
-    "int8_fp32_ratio": ("<=", 0.8),
-    "int8_recall_at_k": (">=", 0.97),
-    "batch_speedup": (">=", 8.0),
-}
 FIGURES = (  # in the order table() prints them
     "fp32_floor_ratio",
     "int8_fp32_ratio",
@@ -43,8 +36,15 @@ READS = ("read_numpy", "read_1_thread", "read_all_threads")  # ways to read the 
 
 
 @dataclass(frozen=True)
-class RankBenchmarkResult:
+class RankBenchmarkResult(BenchmarkReport):
     """Figures of one run of :func:`run_rank_benchmark`; timings are medians in milliseconds."""
+
+    TARGETS: ClassVar[dict[str, tuple[str, float]]] = {
+        "fp32_floor_ratio": ("<=", 1.2),
+        "int8_fp32_ratio": ("<=", 0.8),
+        "int8_recall_at_k": (">=", 0.97),
+        "batch_speedup": (">=", 8.0),
+    }
 
     n_items: int
     dim: int
@@ -62,12 +62,6 @@ class RankBenchmarkResult:
     timings_ms: dict[str, float]
     machine: dict[str, Any]
 
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "targets": {name: list(t) for name, t in TARGETS.items()}}
-
-    def write_json(self, path: Path | str) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
-
     def table(self) -> str:
         lines = [
             f"rank: top-{self.k} over {self.n_items:,} x {self.dim} items, median of "
@@ -75,12 +69,7 @@ class RankBenchmarkResult:
         ]
         for name in FIGURES:
             value = getattr(self, name)
-            target = ""
-            if name in TARGETS:
-                op, bound = TARGETS[name]
-                met = value <= bound if op == "<=" else value >= bound
-                target = f"   target {op} {bound:g}: {'met' if met else 'MISSED'}"
-            lines.append(f"{name:<32}{value:>9.3f}{target}")
+            lines.append(f"{name:<32}{value:>9.3f}{self.verdict(name, value)}")
         lines += [f"{name + ' (ms)':<32}{ms:>9.3f}" for name, ms in self.timings_ms.items()]
         return "\n".join(lines)
 
