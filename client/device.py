@@ -283,10 +283,9 @@ class Device:
         """Take a newer signed bundle from the server. A bundle that fails its signature or
         checksum, or is not newer, raises and the device keeps the one it had."""
         bundle = accept_bundle(self._bundle, blob, self._public_key)
+        offered = set(bundle.item_ids)
         missing = [
-            e["item"]
-            for e in self._history
-            if e["kind"] == "item" and e["item"] not in set(bundle.item_ids)
+            e["item"] for e in self._history if e["kind"] == "item" and e["item"] not in offered
         ]
         if missing:
             raise DeviceInputError(

@@ -73,15 +73,8 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_rank(args: argparse.Namespace) -> int:
-    result = run_rank_benchmark(n_items=args.items, seed=args.seed)
-    print(result.table())
-    _write_json(result, args.json)
-    return 0
-
-
-def _bench_feedback(args: argparse.Namespace) -> int:
-    result = run_feedback_benchmark(n_items=args.items, seed=args.seed)
+def _bench(args: argparse.Namespace) -> int:
+    result = args.benchmark(n_items=args.items, seed=args.seed)
     print(result.table())
     _write_json(result, args.json)
     return 0
@@ -176,27 +169,29 @@ def _parser() -> argparse.ArgumentParser:
         "bench", help="run a benchmark", description="Run a benchmark (docs/benchmarks.md)."
     )
     benches = bench.add_subparsers(title="benchmarks", required=True, metavar="NAME")
-    rank = benches.add_parser(
-        "rank",
-        help="on-device top-k ranking: fp32 vs the memory floor, int8, batching",
-        description="Exact top-10 over synthetic unit embeddings: fp32 against the memory "
-        "bandwidth floor, int8 against fp32 (speed, recall, size), 64 queries at once against "
-        "one at a time. Each figure is measured in the same run as its reference.",
-    )
-    rank.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
-    rank.add_argument("--items", type=int, default=100_000, help="catalog size (default 100000)")
-    rank.add_argument("--seed", type=int, default=0)
-    rank.set_defaults(run=_bench_rank)
-    feedback = benches.add_parser(
-        "feedback",
-        help="on-device latency from an event to a refreshed top-10",
-        description="A real device over synthetic items: time from recording an item event, or "
-        "a text (encoded on the device), to the refreshed top-10; p50 and p99.",
-    )
-    feedback.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
-    feedback.add_argument("--items", type=int, default=10_000, help="catalog size (default 10000)")
-    feedback.add_argument("--seed", type=int, default=0)
-    feedback.set_defaults(run=_bench_feedback)
+    benchmarks = {
+        "rank": (
+            run_rank_benchmark,
+            100_000,
+            "on-device top-k ranking: fp32 vs the memory floor, int8, batching",
+            "Exact top-10 over synthetic unit embeddings: fp32 against the memory bandwidth "
+            "floor, int8 against fp32 (speed, recall, size), 64 queries at once against one at a "
+            "time. Each figure is measured in the same run as its reference.",
+        ),
+        "feedback": (
+            run_feedback_benchmark,
+            10_000,
+            "on-device latency from an event to a refreshed top-10",
+            "A real device over synthetic items: time from recording an item event, or a text "
+            "(encoded on the device), to the refreshed top-10; p50 and p99.",
+        ),
+    }
+    for name, (benchmark, items, summary, description) in benchmarks.items():
+        one = benches.add_parser(name, help=summary, description=description)
+        one.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
+        one.add_argument("--items", type=int, default=items, help=f"catalog size (default {items})")
+        one.add_argument("--seed", type=int, default=0)
+        one.set_defaults(run=_bench, benchmark=benchmark)
 
     data = commands.add_parser(
         "data", help="inspect or convert data sets", description="Inspect or convert data sets."
