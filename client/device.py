@@ -9,6 +9,8 @@ cosine similarity, in real time.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 import time
@@ -24,7 +26,13 @@ import numpy.typing as npt
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fedrec.client.store import EncryptedStore, array_record, forget_store, json_record
+from fedrec.client.store import (
+    EncryptedStore,
+    StoreError,
+    array_record,
+    forget_store,
+    json_record,
+)
 from fedrec.shared.bundle import ItemBundle, accept_bundle, verify_bundle
 from fedrec.shared.data.table import MAX_TEXT_CHARS
 from fedrec.shared.encoder.model import TextEncoder
@@ -32,10 +40,18 @@ from fedrec.shared.model.network import ITEM_EVENT, TEXT_EVENT, Recommender, Use
 from fedrec.shared.ranking import ItemIndex
 
 BUNDLE_FILE = "items.bundle"
+#: Store logs: one JSON entry per event; the encoder features of each text, float32.
+EVENTS_LOG, TEXT_FEATURES_LOG = "events", "text_features"
+#: Journal size at which the device saves its interest state and folds the journal in: an event
+#: writes only itself, and opening replays at most this much of the history.
+JOURNAL_LIMIT = 64 * 1024
 #: How many candidates per wanted result MMR re-ranks when diversity is asked for.
 DIVERSITY_POOL = 5
 #: How many recent events explanations look at.
 EXPLAIN_WINDOW = 200
+
+
+logger = logging.getLogger(__name__)
 
 
 class DeviceInputError(ValueError):
@@ -87,17 +103,12 @@ class Device:
         self._store = store
         self._model = model
         self._public_key = public_key
-        self._history: list[dict[str, Any]] = store.get_json("history") or []
-        features = store.get_array("text_features")
-        self._text_features = (
-            features if features is not None else np.zeros((0, model.encoder.dim), np.float32)
+        self._history: list[dict[str, Any]] = [json.loads(e) for e in store.entries(EVENTS_LOG)]
+        self._text_features = _features_from_entries(
+            store.entries(TEXT_FEATURES_LOG), model.encoder.dim
         )
         self._use_bundle(bundle)
-        saved = store.get_array("state")
-        if saved is not None and store.get_json("state_bundle") == bundle.version:
-            self._state = _state_from_array(saved, model.network)
-        else:
-            self._state = self._replay()
+        self._state = self._restore()
 
     @classmethod
     def create(
@@ -162,11 +173,11 @@ class Device:
         if item is not None and item not in self._positions:
             raise DeviceInputError(f"unknown item {item!r}: not in the item bundle")
         when = self._timestamp(timestamp)
-        features = self._model.encoder.encode([text])
-        with torch.no_grad():
+        with torch.no_grad(), _one_thread():
+            features = self._model.encoder.encode([text])
             vector = self._model.network.items(torch.from_numpy(features))[0]
         record = {"t": when, "kind": "text", "text": text, "item": item}
-        self._advance(vector, TEXT_EVENT, record, np.concatenate([self._text_features, features]))
+        self._advance(vector, TEXT_EVENT, record, features)
 
     def _advance(
         self,
@@ -175,26 +186,28 @@ class Device:
         record: dict[str, Any],
         text_features: npt.NDArray[np.float32] | None = None,
     ) -> None:
-        """Take one event: an LSTM step, then one atomic write; memory changes only after it."""
+        """Take one event: an LSTM step, then one atomic append of the event (and the text's
+        features) to the store; memory changes only after it."""
         with torch.no_grad(), _one_thread():
             state = self._model.network.users.step(
                 self._state, vector[None, :], torch.tensor([kind])
             )
-        history = [*self._history, record]
-        records = {
-            "history": json_record("history", history),
-            "state": array_record("state", _state_to_array(state)),
-            "state_bundle": json_record("state_bundle", self._bundle.version),
-        }
+        entries = {EVENTS_LOG: [json_record(EVENTS_LOG, record)]}
         if text_features is not None:
-            records["text_features"] = array_record("text_features", text_features)
-        self._store.put_many(records)
-        self._history, self._state = history, state
+            entries[TEXT_FEATURES_LOG] = [text_features.astype(np.float32).tobytes()]
+        self._store.append_many(entries)
+        self._history.append(record)
+        self._state = state
         if text_features is not None:
-            self._text_features = text_features
+            self._text_features = np.concatenate([self._text_features, text_features])
         self._event_matrix = np.concatenate([self._event_matrix, vector.numpy()[None, :]])
         if record["kind"] == "item":
             self._seen_mask[self._positions[record["item"]]] = True
+        if self._store.journal_bytes > JOURNAL_LIMIT:
+            try:
+                self._save_state()
+            except (OSError, StoreError) as error:  # the event itself is stored already
+                logger.warning("could not save the interest state (%s); will retry", error)
 
     def _timestamp(self, timestamp: int | None) -> int:
         last = int(self._history[-1]["t"]) if self._history else 0
@@ -293,13 +306,8 @@ class Device:
             )
         _write_atomic(self._folder / BUNDLE_FILE, blob)
         self._use_bundle(bundle)
-        self._state = self._replay()
-        self._store.put_many(
-            {
-                "state": array_record("state", _state_to_array(self._state)),
-                "state_bundle": json_record("state_bundle", bundle.version),
-            }
-        )
+        self._state = self._replay(self._model.network.users.start(), 0)
+        self._save_state()
 
     def export(self) -> dict[str, Any]:
         """Everything this device holds about the person, as JSON-ready data."""
@@ -332,19 +340,40 @@ class Device:
             if event["kind"] == "item":
                 self._seen_mask[self._positions[event["item"]]] = True
 
-    def _replay(self) -> UserState:
-        """The interest state recomputed from the whole history (after a new bundle)."""
+    def _save_state(self) -> None:
+        """Save the interest state with the number of events it covers (folds the journal in)."""
+        meta = {"bundle": self._bundle.version, "events": len(self._history)}
+        self._store.put_many(
+            {
+                "state": array_record("state", _state_to_array(self._state)),
+                "state_meta": json_record("state_meta", meta),
+            }
+        )
+
+    def _restore(self) -> UserState:
+        """The saved interest state, advanced over the events after it; the whole history
+        replayed when it was saved under another bundle."""
         users = self._model.network.users
-        state = users.start()
-        if not self._history:
-            return state
-        vectors = self._event_matrix
+        saved, meta = self._store.get_array("state"), self._store.get_json("state_meta")
+        if (
+            saved is not None
+            and meta is not None
+            and meta["bundle"] == self._bundle.version
+            and meta["events"] <= len(self._history)
+        ):
+            return self._replay(_state_from_array(saved, self._model.network), meta["events"])
+        return self._replay(users.start(), 0)
+
+    def _replay(self, state: UserState, start: int) -> UserState:
+        """``state`` advanced one LSTM step per history event from ``start`` on."""
+        users = self._model.network.users
         types = torch.tensor(
             [ITEM_EVENT if e["kind"] == "item" else TEXT_EVENT for e in self._history]
         )
-        with torch.no_grad():
-            for t in range(len(self._history)):
-                state = users.step(state, torch.from_numpy(vectors[t : t + 1]), types[t : t + 1])
+        with torch.no_grad(), _one_thread():
+            for t in range(start, len(self._history)):
+                vector = torch.from_numpy(self._event_matrix[t : t + 1])
+                state = users.step(state, vector, types[t : t + 1])
         return state
 
 
@@ -401,21 +430,30 @@ def _mmr(
     return chosen
 
 
+def _features_from_entries(entries: list[bytes], dim: int) -> npt.NDArray[np.float32]:
+    """The text-features log as a ``(texts, dim)`` matrix."""
+    if any(len(entry) != 4 * dim for entry in entries):
+        raise ValueError(f"stored text features are not {dim}-d float32: another encoder's store?")
+    flat = np.frombuffer(b"".join(entries), dtype=np.float32)
+    return flat.reshape(len(entries), dim).copy()
+
+
 def _state_to_array(state: UserState) -> npt.NDArray[np.float32]:
-    parts = [state.hidden[0, 0], state.cell[0, 0], state.hidden_sum[0], state.events]
+    parts = [state.hidden[0, 0], state.cell[0, 0], state.recent[0].flatten(), state.events]
     return torch.cat(parts).numpy()
 
 
 def _state_from_array(saved: npt.NDArray[Any], network: Recommender) -> UserState:
-    h = network.config.hidden_dim
-    if saved.shape != (3 * h + 1,):
-        raise ValueError(f"saved interest state has shape {saved.shape}, not ({3 * h + 1},)")
+    h, w = network.config.hidden_dim, network.config.pool_window
+    size = (2 + w) * h + 1
+    if saved.shape != (size,):
+        raise ValueError(f"saved interest state has shape {saved.shape}, not ({size},)")
     values = torch.tensor(saved, dtype=torch.float32)
     return UserState(
         values[:h].reshape(1, 1, h),
         values[h : 2 * h].reshape(1, 1, h),
-        values[2 * h : 3 * h].reshape(1, h),
-        values[3 * h :],
+        values[2 * h : -1].reshape(1, w, h),
+        values[-1:],
     )
 
 

@@ -1,8 +1,14 @@
-"""The encrypted on-device store: named records sealed with AES-256-GCM in one file.
+"""The encrypted on-device store: named records and logs sealed with AES-256-GCM.
 
-The whole store is one file, ``<dir>/store.fedrec``, rewritten atomically on every change::
+The store file, ``<dir>/store.fedrec``, is rewritten atomically on every ``put``::
 
     "FEDRECST" | u16 format (1) | u32 n | header (n bytes, JSON) | nonce (12) | ciphertext + tag
+
+Appends to a log (an event history) go to ``<dir>/store.journal`` instead, one sealed, fsynced
+frame each, so an event costs the size of the event, not of the store; the next ``put`` or
+``compact`` folds the journal into the store file::
+
+    "FEDRECJL" | store id (16) | u64 generation it extends | frames: u32 n | nonce | n bytes
 
 The header (store id, generation, key check, passphrase salt and scrypt parameters) is plain
 but authenticated: the prefix up to the nonce is the AES-GCM associated data. The ciphertext
@@ -23,7 +29,7 @@ import struct
 import tempfile
 import threading
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +45,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 KEY_BYTES = 32
 FORMAT_VERSION = 1
 STORE_FILE = "store.fedrec"
+JOURNAL_FILE = "store.journal"
 
 _MAGIC = b"FEDRECST"
 _PREFIX = struct.Struct(">8sHI")  # magic, format version, header length
@@ -52,6 +59,9 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,127}")
 _COUNT = struct.Struct(">I")
 _NAME_LEN = struct.Struct(">H")
 _VALUE_LEN = struct.Struct(">Q")
+_JOURNAL_MAGIC = b"FEDRECJL"
+_JOURNAL_HEAD = struct.Struct(">8s16sQ")  # magic, store id, store-file generation it extends
+_FRAME_LEN = struct.Struct(">I")
 
 
 class StoreError(Exception):
@@ -113,7 +123,7 @@ def forget_store(path: str | os.PathLike[str]) -> None:
     directory = Path(path)
     if not directory.is_dir():
         return
-    for file in [directory / STORE_FILE, *_temp_files(directory)]:
+    for file in [directory / STORE_FILE, directory / JOURNAL_FILE, *_temp_files(directory)]:
         file.unlink(missing_ok=True)
     _fsync_dir(directory)
     with contextlib.suppress(OSError):
@@ -174,7 +184,8 @@ def _kdf_json(kdf: _Passphrase) -> dict[str, str | int]:
 
 
 class EncryptedStore:
-    """Named byte records, encrypted at rest under a 32-byte key; every change is atomic.
+    """Named byte records and append-only logs, encrypted at rest under a 32-byte key; every
+    change is atomic.
 
     ``EncryptedStore(path, key)`` opens the store in directory ``path``;
     ``create=True`` makes a new one there instead (and refuses to replace an existing one).
@@ -183,6 +194,7 @@ class EncryptedStore:
     """
 
     _records: dict[str, bytes]
+    _logs: dict[str, list[bytes]]
 
     def __init__(self, path: str | os.PathLike[str], key: bytes, *, create: bool = False) -> None:
         self._setup(Path(path), key, create, None)
@@ -217,8 +229,14 @@ class EncryptedStore:
 
     @property
     def generation(self) -> int:
-        """How many times the store has been written; an app may pin it to detect rollback."""
-        return self._header.generation
+        """How many times the store has been written (puts and appends); an app may pin it to
+        detect rollback."""
+        return self._header.generation + self._frames
+
+    @property
+    def journal_bytes(self) -> int:
+        """Size of the append journal that the next ``put`` or ``compact`` folds in."""
+        return self._journal_size
 
     def put(self, name: str, value: bytes) -> None:
         """Store ``value`` under ``name``, replacing any previous value."""
@@ -228,7 +246,38 @@ class EncryptedStore:
         """Store several records in one atomic write: all of them land, or none."""
         checked = {_check_name(name): _check_value(name, value) for name, value in records.items()}
         with self._lock:
-            self._commit({**self._live(), **checked})
+            self._refuse_kind(checked, self._logs, "a log")
+            self._commit({**self._live(), **checked}, self._logs)
+
+    def append(self, name: str, entry: bytes) -> None:
+        """Add ``entry`` at the end of the log ``name`` (created on first use)."""
+        self.append_many({name: [entry]})
+
+    def append_many(self, entries: Mapping[str, Sequence[bytes]]) -> None:
+        """Add entries to several logs in one atomic, fsynced write: all of them land, or none.
+        It writes only the new entries (to the journal), not the whole store."""
+        checked = {
+            _check_name(name): [_check_value(name, value) for value in values]
+            for name, values in entries.items()
+        }
+        with self._lock:
+            self._live()
+            self._refuse_kind(checked, self._records, "a record")
+            self._append_frame(checked)
+            for name, values in checked.items():
+                self._logs.setdefault(name, []).extend(values)
+
+    def entries(self, name: str) -> list[bytes]:
+        """The entries of the log ``name``, oldest first (empty when there is none)."""
+        name = _check_name(name)
+        with self._lock:
+            self._live()
+            return list(self._logs.get(name, []))
+
+    def compact(self) -> None:
+        """Fold the journal into the store file (one full atomic write)."""
+        with self._lock:
+            self._commit(self._live(), self._logs)
 
     def get(self, name: str) -> bytes | None:
         """The value stored under ``name``, or None."""
@@ -237,30 +286,33 @@ class EncryptedStore:
             return self._live().get(name)
 
     def names(self) -> list[str]:
-        """The record names, sorted."""
+        """The record and log names, sorted."""
         with self._lock:
-            return sorted(self._live())
+            return sorted([*self._live(), *self._logs])
 
     def delete(self, name: str) -> bool:
-        """Remove a record; False when there was none."""
+        """Remove a record or a log; False when there was none."""
         name = _check_name(name)
         with self._lock:
             records = self._live()
-            if name not in records:
+            if name not in records and name not in self._logs:
                 return False
-            self._commit({key: value for key, value in records.items() if key != name})
+            self._commit(
+                {key: value for key, value in records.items() if key != name},
+                {key: value for key, value in self._logs.items() if key != name},
+            )
             return True
 
-    def export(self) -> dict[str, bytes]:
-        """Every record, decrypted (e.g. for a user's data-access request)."""
+    def export(self) -> dict[str, bytes | list[bytes]]:
+        """Every record and log, decrypted (e.g. for a user's data-access request)."""
         with self._lock:
-            return dict(self._live())
+            return {**self._live(), **{name: list(log) for name, log in self._logs.items()}}
 
     def forget(self) -> None:
         """Delete the store from disk (see ``forget_store``); this object is unusable after."""
         with self._lock:
             forget_store(self._dir)
-            self._records = {}
+            self._records, self._logs = {}, {}
             self._forgotten = True
 
     def put_json(self, name: str, value: object) -> None:
@@ -285,9 +337,12 @@ class EncryptedStore:
         _check_key(key)
         self._dir = path
         self._file = path / STORE_FILE
+        self._journal = path / JOURNAL_FILE
         self._lock = threading.RLock()
         self._forgotten = False
-        self._records = {}
+        self._records, self._logs = {}, {}
+        self._frames = self._journal_size = 0
+        self._fingerprint: tuple[int, int, int] | None = None
         if create:
             self._create(key, kdf)
         else:
@@ -301,7 +356,7 @@ class EncryptedStore:
         encryption_key, key_check = _subkeys(key, store_id)
         self._aead = AESGCM(encryption_key)
         self._header = _Header(store_id, 0, key_check, kdf)
-        self._commit({})
+        self._commit({}, {})
 
     def _load(self, key: bytes) -> None:
         blob = _read(self._file)
@@ -320,31 +375,126 @@ class EncryptedStore:
         except InvalidTag:
             raise TamperedStoreError(self._file, "authentication failed") from None
         self._header = header
-        self._records = _decode_records(plain, self._file)
+        self._records, self._logs = _decode_store(plain, self._file)
+        self._fingerprint = _fingerprint(self._file)
+        self._load_journal()
         for stray in _temp_files(self._dir):
             stray.unlink(missing_ok=True)
+
+    def _load_journal(self) -> None:
+        """Replay the journal's frames over the store file's logs. A frame cut short at the end
+        (a crash mid-append, never acknowledged) is cut off; a journal the store file already
+        folded in (a crash before it was removed) is removed; any other damage raises."""
+        try:
+            blob = self._journal.read_bytes()
+        except FileNotFoundError:
+            return
+        if len(blob) < _JOURNAL_HEAD.size:  # the crash came while creating it
+            self._journal.unlink()
+            return
+        magic, store_id, extends = _JOURNAL_HEAD.unpack_from(blob)
+        if magic != _JOURNAL_MAGIC or store_id != self._header.store_id:
+            raise TamperedStoreError(self._journal, "not this store's journal")
+        if extends > self._header.generation:
+            raise TamperedStoreError(
+                self._journal,
+                f"the journal extends a newer {STORE_FILE}: that file was rolled back",
+            )
+        if extends < self._header.generation:
+            self._journal.unlink()
+            return
+        head, offset = blob[: _JOURNAL_HEAD.size], _JOURNAL_HEAD.size
+        frames = 0
+        while len(blob) - offset >= _FRAME_LEN.size + _NONCE_BYTES + _TAG_BYTES:
+            (length,) = _FRAME_LEN.unpack_from(blob, offset)
+            start = offset + _FRAME_LEN.size + _NONCE_BYTES
+            if start + length > len(blob):
+                break
+            try:
+                plain = self._aead.decrypt(
+                    blob[start - _NONCE_BYTES : start],
+                    blob[start : start + length],
+                    head + _COUNT.pack(frames),
+                )
+            except InvalidTag:
+                raise TamperedStoreError(
+                    self._journal, f"journal frame {frames} failed authentication"
+                ) from None
+            logs, end = _decode_logs(plain, 0, self._journal)
+            if end != len(plain):
+                raise TamperedStoreError(self._journal, "malformed journal frame")
+            self._refuse_kind(logs, self._records, "a record")
+            for name, values in logs.items():
+                self._logs.setdefault(name, []).extend(values)
+            frames, offset = frames + 1, start + length
+        if offset < len(blob):
+            os.truncate(self._journal, offset)
+        self._frames, self._journal_size = frames, offset
+
+    def _refuse_kind(
+        self, names: Mapping[str, object], other: Mapping[str, object], kind: str
+    ) -> None:
+        clash = sorted(set(names) & set(other))
+        if clash:
+            raise StoreError(f"{clash[0]!r} is {kind} in this store; delete it first")
 
     def _live(self) -> dict[str, bytes]:
         if self._forgotten:
             raise StoreError(f"the store at {self._dir} was forgotten")
         return self._records
 
-    def _commit(self, records: dict[str, bytes]) -> None:
-        """Seal ``records`` as the next generation and replace the file atomically."""
+    def _commit(self, records: dict[str, bytes], logs: dict[str, list[bytes]]) -> None:
+        """Seal ``records`` and ``logs`` as the next generation, replace the store file
+        atomically, then drop the journal it folds in (a crash between the two leaves a journal
+        that the next open recognises as folded in)."""
         self._check_unchanged()
-        header = replace(self._header, generation=self._header.generation + 1)
+        header = replace(self._header, generation=self.generation + 1)
         prefix = header.encode()
         nonce = os.urandom(_NONCE_BYTES)
-        sealed = self._aead.encrypt(nonce, _encode_records(records), prefix)
+        sealed = self._aead.encrypt(nonce, _encode_store(records, logs), prefix)
         _write_atomic(self._file, prefix + nonce + sealed)
         self._header, self._records = header, records
+        self._logs = {name: list(values) for name, values in logs.items()}
+        self._fingerprint = _fingerprint(self._file)
+        if self._journal_size:
+            self._journal.unlink(missing_ok=True)
+            _fsync_dir(self._dir)
+        self._frames = self._journal_size = 0
+
+    def _append_frame(self, logs: dict[str, list[bytes]]) -> None:
+        """Seal ``logs`` as the journal's next frame and append it, fsynced; a failed write is
+        cut off again, so the journal never holds a partial frame before a whole one."""
+        self._check_unchanged()
+        head = _JOURNAL_HEAD.pack(_JOURNAL_MAGIC, self._header.store_id, self._header.generation)
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = self._aead.encrypt(nonce, _encode_logs(logs), head + _COUNT.pack(self._frames))
+        frame = _FRAME_LEN.pack(len(sealed)) + nonce + sealed
+        data = frame if self._journal_size else head + frame
+        fd = os.open(self._journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except BaseException:
+            os.ftruncate(fd, self._journal_size)
+            raise
+        finally:
+            os.close(fd)
+        if not self._journal_size:
+            _fsync_dir(self._dir)
+        self._frames += 1
+        self._journal_size += len(data)
 
     def _check_unchanged(self) -> None:
-        """Refuse to overwrite a file another writer changed since this object last wrote it."""
-        if self._header.generation == 0:
+        """Refuse to write over files another writer changed since this object last wrote."""
+        if self._fingerprint is None:
             return
-        on_disk = _parse_prefix(_read(self._file), self._file)[0]
-        if (on_disk.store_id, on_disk.generation) != (self._header.store_id, self.generation):
+        try:
+            journal = self._journal.stat().st_size
+        except FileNotFoundError:
+            journal = 0
+        if _fingerprint(self._file) != self._fingerprint or journal != self._journal_size:
             raise StoreError(f"{self._file} changed on disk since it was opened; reopen it")
 
 
@@ -430,32 +580,83 @@ def _parse_prefix(blob: bytes, file: Path) -> tuple[_Header, int]:
     return parsed, start
 
 
-def _encode_records(records: Mapping[str, bytes]) -> bytes:
+def _fingerprint(file: Path) -> tuple[int, int, int]:
+    """What changes when another writer replaces ``file``."""
+    try:
+        stat = file.stat()
+    except FileNotFoundError:
+        raise StoreError(f"{file} was removed since it was opened") from None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _encode_store(records: Mapping[str, bytes], logs: Mapping[str, Sequence[bytes]]) -> bytes:
+    """The record table, then the log table."""
     parts = [_COUNT.pack(len(records))]
     for name in sorted(records):
-        raw, value = name.encode("utf-8"), records[name]
-        parts += [_NAME_LEN.pack(len(raw)), raw, _VALUE_LEN.pack(len(value)), value]
+        parts += [*_encode_name(name), _VALUE_LEN.pack(len(records[name])), records[name]]
+    return b"".join(parts) + _encode_logs(logs)
+
+
+def _encode_logs(logs: Mapping[str, Sequence[bytes]]) -> bytes:
+    """``u32 count``, then per log ``u16 len | name | u32 entries | (u64 len | entry)...``."""
+    parts = [_COUNT.pack(len(logs))]
+    for name in sorted(logs):
+        parts += [*_encode_name(name), _COUNT.pack(len(logs[name]))]
+        for entry in logs[name]:
+            parts += [_VALUE_LEN.pack(len(entry)), entry]
     return b"".join(parts)
 
 
-def _decode_records(plain: bytes, file: Path) -> dict[str, bytes]:
-    """Inverse of ``_encode_records``; the input is authenticated, so failure means a bug."""
+def _encode_name(name: str) -> tuple[bytes, bytes]:
+    raw = name.encode("utf-8")
+    return _NAME_LEN.pack(len(raw)), raw
+
+
+def _decode_store(plain: bytes, file: Path) -> tuple[dict[str, bytes], dict[str, list[bytes]]]:
+    """Inverse of ``_encode_store``; the input is authenticated, so failure means a bug."""
+    records: dict[str, bytes] = {}
     try:
         (count,), offset = _COUNT.unpack_from(plain), _COUNT.size
-        records: dict[str, bytes] = {}
         for _ in range(count):
-            (name_len,) = _NAME_LEN.unpack_from(plain, offset)
-            offset += _NAME_LEN.size
-            name = plain[offset : offset + name_len].decode("utf-8")
-            (value_len,) = _VALUE_LEN.unpack_from(plain, offset + name_len)
-            offset += name_len + _VALUE_LEN.size
-            records[name] = plain[offset : offset + value_len]
-            offset += value_len
+            name, offset = _decode_name(plain, offset)
+            records[name], offset = _decode_value(plain, offset)
     except (struct.error, UnicodeDecodeError) as error:
         raise TamperedStoreError(file, f"malformed record table ({error})") from None
+    logs, offset = _decode_logs(plain, offset, file)
     if offset != len(plain):
         raise TamperedStoreError(file, "malformed record table (length mismatch)")
-    return records
+    return records, logs
+
+
+def _decode_logs(plain: bytes, offset: int, file: Path) -> tuple[dict[str, list[bytes]], int]:
+    """Inverse of ``_encode_logs`` from ``offset``; the logs and the offset after them."""
+    logs: dict[str, list[bytes]] = {}
+    try:
+        (count,), offset = _COUNT.unpack_from(plain, offset), offset + _COUNT.size
+        for _ in range(count):
+            name, offset = _decode_name(plain, offset)
+            (entries,), offset = _COUNT.unpack_from(plain, offset), offset + _COUNT.size
+            values = logs[name] = []
+            for _ in range(entries):
+                value, offset = _decode_value(plain, offset)
+                values.append(value)
+    except (struct.error, UnicodeDecodeError) as error:
+        raise TamperedStoreError(file, f"malformed log table ({error})") from None
+    return logs, offset
+
+
+def _decode_name(plain: bytes, offset: int) -> tuple[str, int]:
+    (length,) = _NAME_LEN.unpack_from(plain, offset)
+    offset += _NAME_LEN.size
+    return plain[offset : offset + length].decode("utf-8"), offset + length
+
+
+def _decode_value(plain: bytes, offset: int) -> tuple[bytes, int]:
+    (length,) = _VALUE_LEN.unpack_from(plain, offset)
+    offset += _VALUE_LEN.size
+    if offset + length > len(plain):
+        raise struct.error("value runs past the end")
+    return plain[offset : offset + length], offset + length
 
 
 def _temp_files(directory: Path) -> list[Path]:

@@ -93,6 +93,34 @@ def test_incremental_interest_equals_the_whole_history(device: Device, model: De
     torch.testing.assert_close(torch.from_numpy(interest), batch_interest(device, model))
 
 
+def test_an_event_appends_only_itself_and_the_state_is_saved_now_and_then(
+    tmp_path: Path,
+    device: Device,
+    model: DeviceModel,
+    signing: tuple[object, object],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store_file = tmp_path / "dev" / "store.fedrec"
+    device.record("bread", timestamp=1)
+    size, journal = store_file.stat().st_size, device._store.journal_bytes
+    device.record("pizza", timestamp=2)
+    assert store_file.stat().st_size == size  # the store file was not rewritten
+    assert device._store.journal_bytes - journal < 300  # the event only
+    monkeypatch.setattr("fedrec.client.device.JOURNAL_LIMIT", 1000)
+    names = list(CATALOG)
+    for t in range(3, 40):
+        device.record(names[t % len(names)], timestamp=t)
+        if t % 7 == 0:
+            device.add_text(f"note number {t} about bread and jazz", timestamp=t)
+    assert device._store.journal_bytes <= 1000 + 2000  # folded in as it grew
+    assert device._store.get_json("state_meta")["events"] > 30
+    again = Device.open(tmp_path / "dev", KEY, model, signing[1])  # type: ignore[arg-type]
+    assert again._history == device._history
+    np.testing.assert_array_equal(again._text_features, device._text_features)
+    np.testing.assert_allclose(again.interest(), device.interest(), atol=1e-6)
+    torch.testing.assert_close(torch.from_numpy(again.interest()), batch_interest(again, model))
+
+
 def test_recommendations_exclude_seen_and_explain(device: Device) -> None:
     device.record("bread", timestamp=10)
     device.add_text("tips for my sourdough starter and pizza dough", timestamp=11)
@@ -251,7 +279,7 @@ def test_a_failed_write_changes_nothing(device: Device, monkeypatch: pytest.Monk
     def disk_full(records: object) -> None:
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(device._store, "put_many", disk_full)
+    monkeypatch.setattr(device._store, "append_many", disk_full)
     with pytest.raises(OSError, match="No space left"):
         device.add_text("swing feel on the ride cymbal", timestamp=2)
     with pytest.raises(OSError, match="No space left"):

@@ -12,7 +12,7 @@ from fedrec.shared.model.events import build_sequences
 from fedrec.shared.model.network import ITEM_EVENT, TEXT_EVENT, ModelConfig, Recommender
 from fedrec.shared.model.training import Features, TrainConfig, train_central
 
-SMALL = ModelConfig(feature_dim=12, item_dim=12, hidden_dim=8)
+SMALL = ModelConfig(feature_dim=12, item_dim=12, hidden_dim=8, pool_window=3)
 
 
 def test_incremental_steps_equal_the_whole_sequence() -> None:
@@ -26,6 +26,17 @@ def test_incremental_steps_equal_the_whole_sequence() -> None:
         for t in range(7):
             state = model.users.step(state, features[:, t], types[:, t])
             torch.testing.assert_close(model.users.interest(state)[0], batch[t])
+
+
+def test_pooling_averages_the_latest_window_of_hidden_states() -> None:
+    torch.manual_seed(0)
+    model = Recommender(SMALL).eval()
+    features, types = torch.randn(1, 7, 12), torch.zeros(1, 7, dtype=torch.long)
+    with torch.no_grad():
+        hidden, _ = model.users.lstm(model.users._inputs(features, types))
+        expected = [hidden[0, max(0, t - 2) : t + 1].mean(dim=0) for t in range(7)]
+        pooled = model.users._pooled(torch.stack(expected))
+        torch.testing.assert_close(model.users(features, types)[0], pooled)
 
 
 def test_padding_does_not_change_earlier_positions() -> None:

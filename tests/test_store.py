@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fedrec.client.store import (
+    JOURNAL_FILE,
     STORE_FILE,
     EncryptedStore,
     ScryptParams,
@@ -333,3 +334,161 @@ def test_bad_values_and_name_types(store: EncryptedStore) -> None:
     with pytest.raises(TypeError, match="record name must be a str, got int"):
         store.put(3, b"v")  # type: ignore[arg-type]
     assert store.names() == ["state", "texts/raw"]
+
+
+# -- the append journal ---------------------------------------------------------------------
+
+
+def journal_file(s: EncryptedStore) -> Path:
+    return s.path / JOURNAL_FILE
+
+
+def test_logs_append_reopen_and_compact(store: EncryptedStore) -> None:
+    before = store.generation
+    store.append("events", b"e1")
+    store.append_many({"events": [b"e2", b""], "texts": [DIARY.encode()]})
+    assert store.generation == before + 2
+    assert journal_file(store).exists()
+    reopened = EncryptedStore(store.path, KEY)
+    assert reopened.entries("events") == [b"e1", b"e2", b""]
+    assert reopened.entries("texts") == [DIARY.encode()]
+    assert reopened.entries("nothing") == []
+    assert reopened.generation == store.generation
+    assert reopened.names() == ["events", "state", "texts", "texts/raw"]
+    assert reopened.export()["events"] == [b"e1", b"e2", b""]
+    reopened.compact()
+    assert not journal_file(reopened).exists() and reopened.journal_bytes == 0
+    assert reopened.generation == before + 3
+    reopened.append("events", b"e3")
+    again = EncryptedStore(store.path, KEY)
+    assert again.entries("events") == [b"e1", b"e2", b"", b"e3"]
+    assert again.delete("events") is True
+    assert EncryptedStore(store.path, KEY).entries("events") == []
+
+
+def test_an_append_writes_only_its_entry(store: EncryptedStore) -> None:
+    store.put("big", os.urandom(100_000))
+    store.append("events", b"first")
+    size = journal_file(store).stat().st_size
+    store.append("events", b"x" * 10)
+    assert journal_file(store).stat().st_size - size < 100
+    assert store_file(store).stat().st_size > 100_000
+
+
+def test_no_plaintext_in_the_journal(store: EncryptedStore) -> None:
+    store.append_many({"texts/raw-log": [DIARY.encode()], "ledger": [b"Wombat-4242"]})
+    disk = journal_file(store).read_bytes()
+    for secret in [DIARY.encode(), b"Quokka", b"Wombat-4242", b"texts", b"ledger"]:
+        assert secret not in disk, secret
+
+
+def test_records_and_logs_do_not_share_names(store: EncryptedStore) -> None:
+    with pytest.raises(StoreError, match="'state' is a record in this store"):
+        store.append("state", b"x")
+    store.append("events", b"e1")
+    with pytest.raises(StoreError, match="'events' is a log in this store"):
+        store.put("events", b"x")
+    with pytest.raises(TypeError, match="value of record 'events' must be bytes, got str"):
+        store.append("events", "text")  # type: ignore[arg-type]
+    assert store.entries("events") == [b"e1"]
+
+
+@pytest.mark.parametrize("cut", [1, 5, 20, 40])
+def test_a_torn_last_append_is_cut_off(store: EncryptedStore, cut: int) -> None:
+    store.append("events", b"e1")
+    store.append("events", b"e2 was being written when the power went")
+    file = journal_file(store)
+    file.write_bytes(file.read_bytes()[:-cut])
+    reopened = EncryptedStore(store.path, KEY)
+    assert reopened.entries("events") == [b"e1"]
+    reopened.append("events", b"e3")
+    assert EncryptedStore(store.path, KEY).entries("events") == [b"e1", b"e3"]
+
+
+def test_a_failed_append_changes_nothing(
+    store: EncryptedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.append("events", b"e1")
+    size, generation = journal_file(store).stat().st_size, store.generation
+
+    def crash(fd: int) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(OSError, match="disk full"):
+        store.append_many({"events": [b"e2"], "texts": [b"t"]})
+    monkeypatch.undo()
+    assert store.entries("events") == [b"e1"] and store.entries("texts") == []
+    assert store.generation == generation
+    assert journal_file(store).stat().st_size == size
+    store.append("events", b"e3")
+    assert EncryptedStore(store.path, KEY).entries("events") == [b"e1", b"e3"]
+
+
+def test_a_changed_journal_frame_is_tampering(store: EncryptedStore) -> None:
+    store.append("events", b"e1")
+    store.append("events", b"e2")
+    file = journal_file(store)
+    blob = bytearray(file.read_bytes())
+    blob[-20] ^= 1
+    file.write_bytes(bytes(blob))
+    with pytest.raises(TamperedStoreError, match="journal frame 1 failed authentication"):
+        EncryptedStore(store.path, KEY)
+
+
+def test_journal_frames_cannot_be_reordered(store: EncryptedStore) -> None:
+    store.append("events", b"first")
+    size = journal_file(store).stat().st_size
+    store.append("events", b"secnd")
+    blob = journal_file(store).read_bytes()
+    head = 32  # magic, store id, generation
+    one, two = blob[head:size], blob[size:]
+    journal_file(store).write_bytes(blob[:head] + two + one)
+    with pytest.raises(TamperedStoreError, match="journal frame 0 failed authentication"):
+        EncryptedStore(store.path, KEY)
+
+
+def test_a_journal_already_folded_in_is_dropped(store: EncryptedStore) -> None:
+    """A crash after the store file was replaced but before the journal was removed."""
+    store.append("events", b"e1")
+    old_journal = journal_file(store).read_bytes()
+    store.compact()
+    journal_file(store).write_bytes(old_journal)
+    reopened = EncryptedStore(store.path, KEY)
+    assert reopened.entries("events") == [b"e1"]
+    assert not journal_file(store).exists()
+
+
+def test_a_rolled_back_store_file_under_a_newer_journal_is_tampering(
+    store: EncryptedStore,
+) -> None:
+    old_store = store_file(store).read_bytes()
+    store.put("state", b"v2")
+    store.append("events", b"e1")
+    store_file(store).write_bytes(old_store)
+    with pytest.raises(TamperedStoreError, match=r"the journal extends a newer store\.fedrec"):
+        EncryptedStore(store.path, KEY)
+
+
+def test_another_stores_journal_is_tampering(store: EncryptedStore, tmp_path: Path) -> None:
+    other = EncryptedStore(tmp_path / "other", KEY, create=True)
+    other.append("events", b"e1")
+    journal_file(store).write_bytes(journal_file(other).read_bytes())
+    with pytest.raises(TamperedStoreError, match="not this store's journal"):
+        EncryptedStore(store.path, KEY)
+
+
+def test_a_second_writer_cannot_append_behind_the_first(store: EncryptedStore) -> None:
+    other = EncryptedStore(store.path, KEY)
+    other.append("events", b"from other")
+    with pytest.raises(StoreError, match="changed on disk since it was opened"):
+        store.append("events", b"lost update")
+    with pytest.raises(StoreError, match="changed on disk since it was opened"):
+        store.put("state", b"lost update")
+    assert EncryptedStore(store.path, KEY).entries("events") == [b"from other"]
+
+
+def test_forget_removes_the_journal(store: EncryptedStore) -> None:
+    store.append("events", b"e1")
+    store.forget()
+    assert not store.path.exists()

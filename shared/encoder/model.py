@@ -134,7 +134,7 @@ class TextEncoder(nn.Module):
         n = len(texts)
         out = np.empty((n, self.dim), dtype=np.float32)
         order = np.arange(n)
-        if sort_by_length and n:
+        if sort_by_length and n > 1:
             order = np.argsort(-self._token_counts(texts), kind="stable")
         show = self.config.progress
         if show is None:

@@ -21,15 +21,17 @@ ITEM_EVENT, TEXT_EVENT = 0, 1
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Sizes of the network and the temperature of its softmax over cosine scores."""
+    """Sizes of the network, the temperature of its softmax over cosine scores, and how many of
+    the latest hidden states the interest vector averages (``pool_window``)."""
 
     feature_dim: int = 384
     item_dim: int = 384
     hidden_dim: int = 256
     temperature: float = 0.05
+    pool_window: int = 20
 
     def __post_init__(self) -> None:
-        for name in ("feature_dim", "item_dim", "hidden_dim"):
+        for name in ("feature_dim", "item_dim", "hidden_dim", "pool_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.temperature <= 1:
@@ -53,12 +55,12 @@ class ItemTower(nn.Module):
 
 
 class UserState(NamedTuple):
-    """What the user model carries from one event to the next: the LSTM's state and the running
-    sum of its hidden states (average pooling needs no history)."""
+    """What the user model carries from one event to the next: the LSTM's state and its latest
+    ``pool_window`` hidden states (average pooling needs no older history)."""
 
     hidden: torch.Tensor  # (1, B, H)
     cell: torch.Tensor  # (1, B, H)
-    hidden_sum: torch.Tensor  # (B, H)
+    recent: torch.Tensor  # (B, W, H), oldest first; zeros before the first W events
     events: torch.Tensor  # (B,) how many events so far
 
 
@@ -66,8 +68,8 @@ class UserModel(nn.Module):
     """Events in time order to the user's interest vector.
 
     Each event vector passes a linear input layer plus an embedding of its type, then an LSTM.
-    The interest vector after event t is the mean of hidden states 1..t projected into item
-    space and normalised (average pooling).
+    The interest vector after event t is the mean of the hidden states of the latest
+    ``pool_window`` events up to t, projected into item space and normalised (average pooling).
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -77,6 +79,14 @@ class UserModel(nn.Module):
         self.event_type = nn.Embedding(2, config.hidden_dim)
         self.lstm = nn.LSTM(config.hidden_dim, config.hidden_dim, batch_first=True)
         self.project = nn.Linear(config.hidden_dim, config.item_dim)
+        with torch.no_grad():
+            # Event vectors are unit vectors: unit-variance weights give the LSTM inputs of unit
+            # scale that differ between events. PyTorch's default (about 1/sqrt(d)) with an N(0, 1)
+            # type embedding makes every input nearly the same, and training then sits for
+            # epochs at the loss of a uniform guess.
+            self.embed.weight.normal_(0.0, 1.0)
+            self.embed.bias.zero_()
+            self.event_type.weight.normal_(0.0, 0.1)
 
     def _inputs(self, features: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.embed(features) + self.event_type(types))
@@ -86,9 +96,12 @@ class UserModel(nn.Module):
         vectors ``(B, T, item_dim)`` and ``types (B, T)``; padding comes after the events and
         never affects earlier positions."""
         hidden, _ = self.lstm(self._inputs(features, types))
+        window = self.config.pool_window
+        total = hidden.cumsum(dim=1)
+        if hidden.shape[1] > window:
+            total = torch.cat([total[:, :window], total[:, window:] - total[:, :-window]], dim=1)
         steps = torch.arange(1, hidden.shape[1] + 1, device=hidden.device, dtype=hidden.dtype)
-        steps = steps[None, :, None]
-        return self._pooled(hidden.cumsum(dim=1) / steps)
+        return self._pooled(total / steps.clamp(max=window)[None, :, None])
 
     def _pooled(self, mean_hidden: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.project(mean_hidden), dim=-1)
@@ -99,28 +112,32 @@ class UserModel(nn.Module):
         """Unit interest vectors after each row's last event, ``(B, item_dim)``, for right-padded
         input of ``lengths[b] >= 1`` events per row (the hidden states are pooled, not kept)."""
         hidden, _ = self.lstm(self._inputs(vectors, types))
-        valid = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lengths[:, None]
-        valid = valid[:, :, None]
-        count = lengths[:, None].to(hidden.dtype)
-        return self._pooled((hidden * valid).sum(dim=1) / count)
+        position = torch.arange(hidden.shape[1], device=hidden.device)[None, :]
+        last = lengths[:, None]
+        valid = (position < last) & (position >= last - self.config.pool_window)
+        count = lengths.clamp(max=self.config.pool_window)[:, None].to(hidden.dtype)
+        return self._pooled((hidden * valid[:, :, None]).sum(dim=1) / count)
 
     def start(self, batch: int = 1) -> UserState:
         """The state before any event."""
         zeros = self.project.weight.new_zeros((1, batch, self.config.hidden_dim))
-        return UserState(zeros, zeros.clone(), zeros[0].clone(), zeros.new_zeros(batch))
+        recent = zeros.new_zeros((batch, self.config.pool_window, self.config.hidden_dim))
+        return UserState(zeros, zeros.clone(), recent, zeros.new_zeros(batch))
 
     def step(self, state: UserState, features: torch.Tensor, types: torch.Tensor) -> UserState:
         """The state after one more event per row: vectors ``(B, item_dim)``, ``types (B,)``."""
         out, (hidden, cell) = self.lstm(
             self._inputs(features, types)[:, None, :], (state.hidden, state.cell)
         )
-        return UserState(hidden, cell, state.hidden_sum + out[:, 0], state.events + 1)
+        recent = torch.cat([state.recent[:, 1:], out], dim=1)
+        return UserState(hidden, cell, recent, state.events + 1)
 
     def interest(self, state: UserState) -> torch.Tensor:
         """Unit interest vectors ``(B, item_dim)`` for a state with at least one event."""
         if bool((state.events < 1).any()):
             raise ValueError("the interest vector needs at least one event")
-        return self._pooled(state.hidden_sum / state.events[:, None])
+        count = state.events.clamp(max=self.config.pool_window)[:, None]
+        return self._pooled(state.recent.sum(dim=1) / count)
 
 
 class Recommender(nn.Module):

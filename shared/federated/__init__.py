@@ -1,0 +1,1 @@
+"""Federated training pieces shared by the ClientApp, the ServerApp and the simulations."""

@@ -1,0 +1,225 @@
+"""One device's local training round: DP-SGD from Opacus over its next-item examples.
+
+The loss of an example is the softmax cross-entropy of its target against ``negatives`` items
+drawn uniformly from the catalog (the same for everyone, independent of anyone's data). The
+item tower runs on the example's own events and candidates, so every trainable parameter's
+gradient is a sum of per-example gradients, which Opacus clips one by one and noises.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import secrets
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from opacus import PrivacyEngine
+from opacus.accountants.utils import get_noise_multiplier
+from opacus.validators import ModuleValidator
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedrec.shared.federated.examples import DeviceExamples
+from fedrec.shared.model.network import Recommender
+
+Accountant = Literal["rdp", "prv"]
+#: Integer RDP orders: Opacus' default fractional orders cost seconds per epsilon at the high
+#: sampling rates of small devices; integer orders give a valid bound in milliseconds.
+RDP_ORDERS: tuple[float, ...] = (*range(2, 64), 80, 96, 128, 192, 256)
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Record-level DP-SGD on a device. ``noise_multiplier`` None: the smallest that keeps the
+    device within ``target_epsilon`` at ``delta`` after ``planned_rounds`` rounds of training."""
+
+    enabled: bool = True
+    target_epsilon: float = 8.0
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    accountant: Accountant = "rdp"
+    noise_multiplier: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.target_epsilon <= 0 or not 0 < self.delta < 1 or self.max_grad_norm <= 0:
+            raise ValueError("target_epsilon and max_grad_norm must be > 0, delta in (0, 1)")
+        if self.accountant not in ("rdp", "prv"):
+            raise ValueError(f"accountant must be 'rdp' or 'prv', got {self.accountant!r}")
+        if self.noise_multiplier is not None and self.noise_multiplier <= 0:
+            raise ValueError(f"noise_multiplier must be > 0, got {self.noise_multiplier}")
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    """A device's round: epochs over its examples, expected batch size (Poisson sampling under
+    DP), Adam's learning rate, events of context per example, sampled negatives, and a cap on
+    examples (the latest are kept)."""
+
+    epochs: int = 1
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    context: int = 20
+    negatives: int = 100
+    max_examples: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "context", "negatives", "max_examples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    """What a round of local training produced; ``epsilon`` is None without DP."""
+
+    num_examples: int
+    loss: float
+    epsilon: float | None
+    noise_multiplier: float | None
+    accountant_state: dict[str, Any] | None
+
+
+class ExampleScorer(nn.Module):
+    """Logits of each example's candidates ``(B, 1 + negatives)``; every input is per example."""
+
+    def __init__(self, network: Recommender, table: torch.Tensor) -> None:
+        super().__init__()
+        self.network = network
+        self.table: torch.Tensor
+        self.register_buffer("table", table, persistent=False)
+
+    def forward(
+        self,
+        rows: torch.Tensor,
+        types: torch.Tensor,
+        lengths: torch.Tensor,
+        candidates: torch.Tensor,
+    ) -> torch.Tensor:
+        context = rows.shape[1]
+        vectors = self.network.items(self.table[torch.cat([rows, candidates], dim=1)])
+        interests = self.network.users.final(vectors[:, :context], types, lengths)
+        logits = torch.einsum("bd,bkd->bk", interests, vectors[:, context:])
+        return logits / self.network.config.temperature
+
+
+def accountant_options(accountant: Accountant) -> dict[str, Any]:
+    """Keyword arguments for the accountant's ``get_epsilon`` (the RDP orders for RDP)."""
+    return {"alphas": list(RDP_ORDERS)} if accountant == "rdp" else {}
+
+
+def plan_noise(privacy: PrivacyConfig, sample_rate: float, steps: int) -> float:
+    """The noise multiplier ``privacy`` asks for, or the smallest that meets its target."""
+    if privacy.noise_multiplier is not None:
+        return privacy.noise_multiplier
+    return float(
+        get_noise_multiplier(
+            target_epsilon=privacy.target_epsilon,
+            target_delta=privacy.delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=privacy.accountant,
+            **accountant_options(privacy.accountant),
+        )
+    )
+
+
+def train_local(
+    network: Recommender,
+    table: torch.Tensor,
+    num_items: int,
+    examples: DeviceExamples,
+    local: LocalConfig,
+    privacy: PrivacyConfig,
+    planned_rounds: int,
+    accountant_state: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> LocalResult:
+    """Train ``network`` in place on ``examples`` for one round; ``table`` holds the item
+    features (rows ``0..num_items-1``) and then the device's text features. Under DP, the
+    accountant continues from ``accountant_state`` (the device's saved state)."""
+    if len(examples) == 0:
+        raise ValueError("this device has no examples to train on")
+    generator = torch.Generator().manual_seed(seed)
+    data = TensorDataset(
+        *(torch.from_numpy(a) for a in (examples.rows, examples.types, examples.lengths)),
+        torch.from_numpy(examples.targets),
+    )
+    batch = min(local.batch_size, len(examples))
+    loader = DataLoader(data, batch_size=batch, shuffle=True, generator=generator)
+    trained = copy.deepcopy(network).train()
+    scorer: nn.Module = ExampleScorer(trained, table)
+    noise = engine = None
+    if privacy.enabled:
+        scorer = ModuleValidator.fix(scorer)
+        sample_rate = batch / len(examples)
+        steps = planned_rounds * local.epochs * math.ceil(1 / sample_rate)
+        noise = plan_noise(privacy, sample_rate, steps)
+        engine = PrivacyEngine(accountant=privacy.accountant)
+        if accountant_state is not None:
+            engine.accountant.load_state_dict(_accountant_from_json(accountant_state))
+    optimizer = torch.optim.Adam(
+        [p for p in scorer.parameters() if p.requires_grad], lr=local.learning_rate
+    )
+    if engine is not None:
+        scorer, optimizer, loader = engine.make_private(
+            module=scorer,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=noise,
+            max_grad_norm=privacy.max_grad_norm,
+            # Noise the server cannot predict: seeded from the OS, never from ``seed``.
+            noise_generator=torch.Generator().manual_seed(secrets.randbits(63)),
+        )
+    total, count = 0.0, 0
+    for _ in range(local.epochs):
+        for rows, types, lengths, targets in loader:
+            n = len(targets)
+            if n == 0:  # Poisson sampling drew no example: a zero-gradient row, still noised
+                rows = types = torch.zeros((1, local.context), dtype=torch.long)
+                lengths, targets = torch.ones(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+            negatives = torch.randint(
+                num_items, (len(targets), local.negatives), generator=generator
+            )
+            logits = scorer(rows, types, lengths, torch.cat([targets[:, None], negatives], 1))
+            zero = torch.zeros(len(targets), dtype=torch.long)
+            loss = F.cross_entropy(logits, zero) * (1.0 if n else 0.0)
+            optimizer.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+            total += float(loss.detach()) * n
+            count += n
+    names = network.state_dict().keys()  # DPLSTM also lists its cells' own names: drop them
+    network.load_state_dict({k: v for k, v in trained_state(scorer).items() if k in names})
+    epsilon = state = None
+    if engine is not None:
+        options = accountant_options(privacy.accountant)
+        epsilon = float(engine.accountant.get_epsilon(privacy.delta, **options))
+        state = _accountant_to_json(engine.accountant.state_dict())
+    return LocalResult(len(examples), total / max(count, 1), epsilon, noise, state)
+
+
+def trained_state(scorer: nn.Module) -> dict[str, torch.Tensor]:
+    """The network weights inside a scorer, wrapped by Opacus or not."""
+    inner = getattr(scorer, "_module", scorer)
+    if not isinstance(inner, ExampleScorer):
+        raise TypeError(f"expected an ExampleScorer, got {type(inner).__name__}")
+    return inner.network.state_dict()
+
+
+def _accountant_to_json(state: Any) -> dict[str, Any]:
+    return {
+        "mechanism": state["mechanism"],
+        "history": [[float(s), float(q), int(n)] for s, q, n in state["history"]],
+    }
+
+
+def _accountant_from_json(state: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "mechanism": state["mechanism"],
+        "history": [(float(s), float(q), int(n)) for s, q, n in state["history"]],
+    }

@@ -1,0 +1,131 @@
+"""A device's local round: its examples, DP-SGD with Opacus, and the accountant it carries."""
+
+from __future__ import annotations
+
+import dp_accounting
+import numpy as np
+import pytest
+import torch
+from dp_accounting import rdp
+
+from fedrec.shared.data.dataset import Interactions, UserTexts
+from fedrec.shared.federated.examples import device_examples
+from fedrec.shared.federated.local import (
+    RDP_ORDERS,
+    LocalConfig,
+    PrivacyConfig,
+    train_local,
+)
+from fedrec.shared.model.events import build_sequences
+from fedrec.shared.model.network import ModelConfig, Recommender
+
+SMALL = ModelConfig(feature_dim=12, item_dim=12, hidden_dim=8, pool_window=3)
+ITEMS = 30
+LOCAL = LocalConfig(batch_size=4, context=4, negatives=5, learning_rate=1e-2)
+
+
+def sequences(events: int = 24):
+    """One user: items 0, 1, 2, ... in order, with a text after the third event."""
+    interactions = Interactions(
+        users=np.zeros(events, dtype=np.int64),
+        items=np.arange(events, dtype=np.int64) % ITEMS,
+        timestamps=np.arange(events, dtype=np.int64) * 10,
+        values=np.ones(events, dtype=np.float32),
+    )
+    texts = UserTexts(
+        users=np.zeros(1, dtype=np.int64),
+        texts=["a note"],
+        timestamps=np.array([25], dtype=np.int64),
+        items=np.full(1, -1, dtype=np.int64),
+    )
+    return build_sequences(1, ITEMS, interactions, texts)
+
+
+def table() -> torch.Tensor:
+    return torch.randn(ITEMS + 1, 12, generator=torch.Generator().manual_seed(0))
+
+
+def test_examples_are_the_events_before_each_next_item() -> None:
+    seqs = sequences()
+    examples = device_examples(seqs, 0, context=4, max_examples=100)
+    rows = seqs.rows[seqs.user(0)]
+    assert len(examples) == 24  # every event but the last item: 23 items and the text
+    for i in range(len(examples)):
+        end = int(np.flatnonzero(seqs.next_items[seqs.user(0)] >= 0)[i])
+        length = int(examples.lengths[i])
+        assert length == min(4, end + 1)
+        np.testing.assert_array_equal(examples.rows[i, :length], rows[end + 1 - length : end + 1])
+        assert (examples.rows[i, length:] == 0).all()
+        assert examples.targets[i] == seqs.next_items[end]
+    assert ITEMS in examples.rows  # the text (feature row ITEMS) is context
+    latest = device_examples(seqs, 0, context=4, max_examples=5)
+    np.testing.assert_array_equal(latest.targets, examples.targets[-5:])
+
+
+def test_training_without_dp_updates_the_network_in_place() -> None:
+    torch.manual_seed(0)
+    network = Recommender(SMALL)
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    examples = device_examples(sequences(), 0, 4, 100)
+    first = train_local(network, table(), ITEMS, examples, LOCAL, PrivacyConfig(enabled=False), 1)
+    assert first.epsilon is None and first.accountant_state is None
+    assert first.num_examples == len(examples)
+    changed = [k for k, v in network.state_dict().items() if not torch.equal(v, before[k])]
+    assert "users.lstm.weight_ih_l0" in changed and "items.project.weight" in changed
+    for _ in range(5):
+        last = train_local(
+            network, table(), ITEMS, examples, LOCAL, PrivacyConfig(enabled=False), 1
+        )
+    assert last.loss < first.loss
+
+
+def independent_epsilon(history: list[list[float]], delta: float) -> float:
+    accountant = rdp.RdpAccountant(orders=list(RDP_ORDERS))
+    for sigma, q, steps in history:
+        event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
+        accountant.compose(event, int(steps))
+    return float(accountant.get_epsilon(delta))
+
+
+def test_dp_rounds_accumulate_epsilon_within_the_planned_budget() -> None:
+    torch.manual_seed(0)
+    network = Recommender(SMALL)
+    examples = device_examples(sequences(), 0, 4, 100)
+    privacy = PrivacyConfig(target_epsilon=3.0, delta=1e-5)
+    state, epsilons = None, []
+    for round_ in range(3):
+        result = train_local(
+            network, table(), ITEMS, examples, LOCAL, privacy, 3, state, seed=round_
+        )
+        assert result.noise_multiplier is not None and result.noise_multiplier > 0.5
+        state = result.accountant_state
+        assert state is not None and result.epsilon is not None
+        epsilons.append(result.epsilon)
+        assert result.epsilon == pytest.approx(
+            independent_epsilon(state["history"], 1e-5), rel=1e-6
+        )
+    assert epsilons[0] < epsilons[1] < epsilons[2] <= 3.0 + 0.01
+    assert epsilons[2] > 2.5  # the plan spends the budget, it does not waste it
+    q = 4 / len(examples)
+    assert state["history"] == [[pytest.approx(result.noise_multiplier), pytest.approx(q), 18]]
+
+
+def test_fixed_noise_and_the_prv_accountant() -> None:
+    examples = device_examples(sequences(), 0, 4, 100)
+    privacy = PrivacyConfig(noise_multiplier=2.0, accountant="prv")
+    result = train_local(Recommender(SMALL), table(), ITEMS, examples, LOCAL, privacy, 1)
+    assert result.noise_multiplier == 2.0
+    assert result.accountant_state is not None and result.accountant_state["mechanism"] == "prv"
+    assert result.epsilon is not None and 0 < result.epsilon < 2
+
+
+def test_bad_configs_and_an_empty_device() -> None:
+    with pytest.raises(ValueError, match="accountant must be 'rdp' or 'prv'"):
+        PrivacyConfig(accountant="gdp")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="target_epsilon and max_grad_norm must be > 0"):
+        PrivacyConfig(target_epsilon=0)
+    with pytest.raises(ValueError, match="negatives must be at least 1"):
+        LocalConfig(negatives=0)
+    empty = device_examples(sequences(1), 0, 4, 100)
+    with pytest.raises(ValueError, match="no examples"):
+        train_local(Recommender(SMALL), table(), ITEMS, empty, LOCAL, PrivacyConfig(), 1)
