@@ -32,7 +32,7 @@ class TrainConfig:
     ``max_events`` events per user and step, and at most ``loss_positions`` of its positions
     (drawn at random) in the loss."""
 
-    epochs: int = 30
+    epochs: int = 20
     batch_users: int = 8
     max_events: int = 200
     loss_positions: int = 64
@@ -143,37 +143,33 @@ def _windows(
     return torch.from_numpy(types), torch.from_numpy(rows), torch.from_numpy(targets)
 
 
-class TrainedRecommender:
-    """The harness adapter: trains the network centrally on the split's training data and scores
-    each evaluated user from their whole history before the test item."""
+class NetworkRecommender:
+    """The harness adapter for a given network: scores each evaluated user from their whole
+    history before the test item (texts included)."""
 
     def __init__(
-        self,
-        model: ModelConfig | None = None,
-        training: TrainConfig | None = None,
-        encoder: EncoderConfig | None = None,
+        self, network: Recommender, encoder: EncoderConfig | None = None, name: str = "network"
     ) -> None:
-        self.model_config = model or ModelConfig()
-        self.training = training or TrainConfig()
+        self.network = network
         self.encoder = encoder or EncoderConfig()
-        self.name = "central"
-        self.network: Recommender | None = None
-        self.log: TrainLog | None = None
+        self.name = name
         self._state: tuple[Split, EventSequences, torch.Tensor, torch.Tensor] | None = None
 
     def fit(self, split: Split) -> None:
+        """Encode the split's items and texts (no training)."""
         texts = split.texts_before_test()
         features = encode_features(split, self.encoder, texts.texts)
         sequences = build_sequences(split.dataset.num_users, split.num_items, split.fit, texts)
-        torch.manual_seed(self.training.seed)
-        self.network = Recommender(self.model_config)
-        self.log = train_central(self.network, sequences, features, self.training)
+        self.use(split, sequences, features)
+
+    def use(self, split: Split, sequences: EventSequences, features: Features) -> None:
+        """Score with these sequences and features (already built)."""
         with torch.no_grad():
             vectors = self.network.items(features.table)
         self._state = (split, sequences, vectors, vectors[: features.num_items])
 
     def score(self, positions: IntArray) -> FloatArray:
-        if self.network is None or self._state is None:
+        if self._state is None:
             raise RuntimeError("fit() the model first")
         split, sequences, vectors, item_vectors = self._state
         out = np.empty((len(positions), split.num_items), dtype=np.float64)
@@ -190,3 +186,37 @@ class TrainedRecommender:
                 interests = self.network.users.final(vectors[rows], types, lengths)
                 out[first : first + len(users)] = (interests @ item_vectors.T).double().numpy()
         return out
+
+
+class TrainedRecommender:
+    """The harness adapter for central training: trains the network on the split's training
+    data, then scores like :class:`NetworkRecommender`."""
+
+    def __init__(
+        self,
+        model: ModelConfig | None = None,
+        training: TrainConfig | None = None,
+        encoder: EncoderConfig | None = None,
+    ) -> None:
+        self.model_config = model or ModelConfig()
+        self.training = training or TrainConfig()
+        self.encoder = encoder or EncoderConfig()
+        self.name = "central"
+        self.network: Recommender | None = None
+        self.log: TrainLog | None = None
+        self._scorer: NetworkRecommender | None = None
+
+    def fit(self, split: Split) -> None:
+        texts = split.texts_before_test()
+        features = encode_features(split, self.encoder, texts.texts)
+        sequences = build_sequences(split.dataset.num_users, split.num_items, split.fit, texts)
+        torch.manual_seed(self.training.seed)
+        self.network = Recommender(self.model_config)
+        self.log = train_central(self.network, sequences, features, self.training)
+        self._scorer = NetworkRecommender(self.network, self.encoder, self.name)
+        self._scorer.use(split, sequences, features)
+
+    def score(self, positions: IntArray) -> FloatArray:
+        if self._scorer is None:
+            raise RuntimeError("fit() the model first")
+        return self._scorer.score(positions)

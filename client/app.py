@@ -1,0 +1,87 @@
+"""The Flower ClientApp: one device's private training round.
+
+The device trains the global weights on its own examples with DP-SGD and replies with the new
+weights, its example count, its loss and the epsilon it has spent. Its texts, events and
+interest vector never enter the reply. The accountant's state lives in the device's encrypted
+store, so the spent budget carries over between rounds and restarts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
+
+from fedrec.client.store import EncryptedStore, StoreNotFoundError
+from fedrec.shared.federated.local import train_local
+from fedrec.shared.federated.settings import FederationSettings
+from fedrec.shared.model.network import Recommender
+from fedrec.simulations.keys import device_key
+from fedrec.simulations.world import load_world
+
+ACCOUNTANT_RECORD = "privacy/accountant"
+
+
+def make_client_app(
+    settings: FederationSettings | None = None, mods: list[Mod] | None = None
+) -> ClientApp:
+    """A ClientApp for ``settings``, or for the run config of each run when None."""
+    app = ClientApp(mods=mods)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        run = settings or FederationSettings.from_run_config(context.run_config)
+        partition = int(context.node_config["partition-id"])
+        return Message(content=train_device(run, partition, msg.content), reply_to=msg)
+
+    return app
+
+
+def train_device(settings: FederationSettings, partition: int, content: RecordDict) -> RecordDict:
+    """One round of device ``partition``: the reply's records."""
+    world = load_world(settings.data, settings.devices)
+    user = world.user_of(partition)
+    network = Recommender(settings.model)
+    network.load_state_dict(content.array_records["arrays"].to_torch_state_dict())
+    server_round = content.config_records["config"].get("server-round", 0)
+    if not isinstance(server_round, int):
+        raise ValueError(f"server-round must be an int, got {server_round!r}")
+    store = _device_store(settings, world.split.dataset.user_ids[user])
+    saved = store.get(ACCOUNTANT_RECORD)
+    result = train_local(
+        network,
+        world.features.table,
+        world.split.num_items,
+        world.examples(partition, settings.local),
+        settings.local,
+        settings.privacy,
+        planned_rounds=settings.rounds,
+        accountant_state=None if saved is None else json.loads(saved),
+        seed=settings.seed * 1_000_003 + server_round * 1009 + partition,
+    )
+    if result.accountant_state is not None:
+        store.put_json(ACCOUNTANT_RECORD, result.accountant_state)
+    metrics = MetricRecord(
+        {
+            "num-examples": result.num_examples,
+            "train-loss": result.loss,
+            "epsilon": -1.0 if result.epsilon is None else result.epsilon,
+        }
+    )
+    arrays = ArrayRecord(network.state_dict())
+    return RecordDict({"arrays": arrays, "metrics": metrics})
+
+
+def _device_store(settings: FederationSettings, user_id: str) -> EncryptedStore:
+    folder = Path(settings.out) / "devices" / user_id
+    key = device_key(Path(settings.out), user_id)
+    try:
+        return EncryptedStore(folder, key)
+    except StoreNotFoundError:
+        return EncryptedStore(folder, key, create=True)
+
+
+app = make_client_app()

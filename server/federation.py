@@ -1,0 +1,226 @@
+"""The server's round loop: sample devices, validate and aggregate their updates, evaluate the
+global model on held-out interactions, publish a signed item bundle, checkpoint, report.
+
+It writes to the run folder ``settings.out``: ``metrics.jsonl`` (one line per round),
+``summary.json``, ``checkpoint.npz`` (a restarted server resumes after the last round in it),
+``bundles/items-<round>.bundle`` and the signing key ``server.key``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAdam, FedAvg, Strategy
+
+from fedrec.server.strategy import ValidatedStrategy, record_arrays
+from fedrec.shared.bundle import (
+    ItemBundle,
+    generate_signing_key,
+    load_private_key,
+    save_private_key,
+    sign_bundle,
+)
+from fedrec.shared.evaluation.harness import EvaluationConfig, evaluate
+from fedrec.shared.federated.settings import FederationSettings
+from fedrec.shared.model.network import Recommender
+from fedrec.shared.model.training import NetworkRecommender
+from fedrec.shared.quantization import quantize_int8
+from fedrec.simulations.keys import ensure_secret
+from fedrec.simulations.world import World, load_world
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.npz"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """What one round did, as a line of ``metrics.jsonl``."""
+
+    round: int
+    wall_s: float
+    devices: int
+    failed: int
+    dropped: int
+    loss: float | None
+    metrics: dict[str, float]
+    epsilon: dict[str, float] | None
+    bytes_up: int
+    bytes_down: int
+
+
+def make_strategy(settings: FederationSettings) -> Strategy:
+    """FedAvg or FedAdam over the sampled devices, weighted by their example counts."""
+    nodes = max(2, round(settings.fraction_train * settings.devices))
+    common: dict[str, Any] = {
+        "fraction_train": settings.fraction_train,
+        "fraction_evaluate": 0.0,
+        "min_train_nodes": nodes,
+        "min_available_nodes": settings.devices,
+    }
+    if settings.strategy == "fedadam":
+        return FedAdam(**common, eta=settings.server_learning_rate)
+    return FedAvg(**common)
+
+
+def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
+    """Run (or resume) the federation; returns what ``summary.json`` holds."""
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ensure_secret(out)
+    started = time.perf_counter()
+    world = load_world(settings.data, settings.devices)
+    torch.manual_seed(settings.seed)
+    network = Recommender(settings.model)
+    first = _resume(out, network) + 1
+    if first == 1:
+        (out / METRICS).unlink(missing_ok=True)
+    strategy = ValidatedStrategy(make_strategy(settings), settings.max_update_norm)
+    key = _signing_key(out)
+    arrays = ArrayRecord(network.state_dict())
+    result: dict[str, Any] = {}
+    for server_round in range(first, settings.rounds + 1):
+        tic = time.perf_counter()
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+        replies = list(grid.send_and_receive(messages, timeout=3600))
+        dropped_before = len(strategy.dropped)
+        aggregated, _ = strategy.aggregate_train(server_round, replies)
+        if aggregated is not None:
+            arrays = aggregated
+            network.load_state_dict(arrays.to_torch_state_dict())
+        evaluation = evaluate(_scorer(network, world), world.split, EvaluationConfig(resamples=200))
+        if server_round % settings.bundle_every == 0 or server_round == settings.rounds:
+            _publish(out, network, world, settings, server_round, key)
+        report = RoundReport(
+            round=server_round,
+            wall_s=time.perf_counter() - tic,
+            devices=len(messages),
+            failed=sum(r.has_error() for r in replies),
+            dropped=len(strategy.dropped) - dropped_before,
+            loss=_mean_metric(replies, "train-loss"),
+            metrics=evaluation.metrics,
+            epsilon=_epsilons(replies),
+            bytes_up=sum(_nbytes(r.content.array_records.get("arrays")) for r in _ok(replies)),
+            bytes_down=_nbytes(arrays) * len(messages),
+        )
+        _save_checkpoint(out, network, server_round)
+        with (out / METRICS).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(report.__dict__) + "\n")
+        logger.info("round %d: %s", server_round, _brief(report))
+        result = {
+            **evaluation.to_json(),
+            "rounds": settings.rounds,
+            "devices": settings.devices,
+            "epsilon_max": None if report.epsilon is None else report.epsilon["max"],
+            "bytes_up_per_device_round": report.bytes_up / max(1, report.devices),
+            "wall_s": time.perf_counter() - started,
+            "settings": settings.to_run_config(),
+        }
+        (out / SUMMARY).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result
+
+
+def _scorer(network: Recommender, world: World) -> NetworkRecommender:
+    scorer = NetworkRecommender(network.eval(), name="federated")
+    scorer.use(world.split, world.sequences, world.features)
+    return scorer
+
+
+def _publish(
+    out: Path,
+    network: Recommender,
+    world: World,
+    settings: FederationSettings,
+    server_round: int,
+    key: Any,
+) -> None:
+    """Re-embed the catalog with the new item tower over the cached frozen-encoder features
+    (only the trainable part is recomputed) and write a signed bundle."""
+    with torch.no_grad():
+        vectors = network.items(world.features.table[: world.split.num_items]).numpy()
+    embeddings = quantize_int8(vectors) if settings.bundle_format == "int8" else vectors
+    bundle = ItemBundle(
+        version=server_round,
+        model=f"fedrec-{settings.data}-round-{server_round}",
+        item_ids=list(world.split.dataset.item_ids),
+        embeddings=embeddings,
+        round=server_round,
+    )
+    folder = out / "bundles"
+    folder.mkdir(exist_ok=True)
+    (folder / f"items-{server_round}.bundle").write_bytes(sign_bundle(bundle, key))
+
+
+def _signing_key(out: Path) -> Any:
+    path = out / "server.key"
+    if not path.exists():
+        save_private_key(generate_signing_key(), path)
+    return load_private_key(path)
+
+
+def _resume(out: Path, network: Recommender) -> int:
+    """Load the checkpoint's weights; the last round it holds (0 without one)."""
+    path = out / CHECKPOINT
+    if not path.exists():
+        return 0
+    with np.load(path) as saved:
+        state = {k: torch.from_numpy(saved[k]) for k in saved.files if k != "__round__"}
+        network.load_state_dict(state)
+        done = int(saved["__round__"])
+    logger.info("resuming after round %d from %s", done, path)
+    return done
+
+
+def _save_checkpoint(out: Path, network: Recommender, server_round: int) -> None:
+    arrays = {k: v.detach().numpy() for k, v in network.state_dict().items()}
+    temp = out / f".{CHECKPOINT}.tmp"
+    with temp.open("wb") as handle:
+        np.savez(handle, __round__=np.array(server_round), **arrays)
+    temp.replace(out / CHECKPOINT)
+
+
+def _ok(replies: list[Message]) -> list[Message]:
+    return [r for r in replies if not r.has_error()]
+
+
+def _nbytes(record: ArrayRecord | None) -> int:
+    return 0 if record is None else sum(a.nbytes for a in record_arrays(record).values())
+
+
+def _metric(replies: list[Message], name: str) -> list[float]:
+    """The scalar metric ``name`` of every successful reply."""
+    values = [r.content.metric_records["metrics"].get(name) for r in _ok(replies)]
+    return [float(v) for v in values if isinstance(v, int | float)]
+
+
+def _mean_metric(replies: list[Message], name: str) -> float | None:
+    values = _metric(replies, name)
+    return statistics.fmean(values) if values else None
+
+
+def _epsilons(replies: list[Message]) -> dict[str, float] | None:
+    values = [v for v in _metric(replies, "epsilon") if v >= 0]
+    if not values:
+        return None
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def _brief(report: RoundReport) -> str:
+    hr, ndcg = report.metrics.get("hr@10", 0.0), report.metrics.get("ndcg@10", 0.0)
+    eps = "off" if report.epsilon is None else f"{report.epsilon['max']:.2f}"
+    return (
+        f"{report.devices} devices ({report.failed} failed, {report.dropped} dropped), "
+        f"HR@10 {hr:.4f}, nDCG@10 {ndcg:.4f}, epsilon max {eps}, {report.wall_s:.1f} s"
+    )

@@ -1,0 +1,81 @@
+"""A wrapper around any Flower strategy that refuses bad updates before they are aggregated."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import numpy.typing as npt
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedrec.shared.federated.validation import update_problem
+
+logger = logging.getLogger(__name__)
+
+
+def record_arrays(record: ArrayRecord) -> dict[str, npt.NDArray[np.generic]]:
+    """An ArrayRecord as numpy arrays by name."""
+    return {name: array.numpy() for name, array in record.items()}
+
+
+class ValidatedStrategy(Strategy):
+    """Delegates to ``inner``; a training reply whose arrays have the wrong names, shapes or
+    dtypes, non-finite values, an update norm above ``max_update_norm``, or no valid example
+    count is dropped with a logged reason (and kept in ``dropped``) before ``inner`` sees it."""
+
+    def __init__(self, inner: Strategy, max_update_norm: float) -> None:
+        self.inner = inner
+        self.max_update_norm = max_update_norm
+        self.dropped: list[tuple[int, int, str]] = []  # (round, node, reason)
+        self._reference: dict[str, npt.NDArray[np.generic]] = {}
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._reference = record_arrays(arrays)
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        kept = []
+        for reply in replies:
+            problem = None if reply.has_error() else self.problem(reply)
+            if problem is None:
+                kept.append(reply)
+                continue
+            node = reply.metadata.src_node_id
+            logger.warning(
+                "round %d: dropped the update of node %d: %s", server_round, node, problem
+            )
+            self.dropped.append((server_round, node, problem))
+        return self.inner.aggregate_train(server_round, kept)
+
+    def problem(self, reply: Message) -> str | None:
+        """Why this training reply cannot be aggregated, or None."""
+        content = reply.content
+        if "arrays" not in content.array_records or "metrics" not in content.metric_records:
+            return "the reply lacks its arrays or metrics"
+        count = content.metric_records["metrics"].get("num-examples")
+        if not isinstance(count, int | float) or not math.isfinite(count) or count < 1:
+            return f"bad num-examples {count!r}"
+        arrays = record_arrays(content.array_records["arrays"])
+        return update_problem(self._reference, arrays, self.max_update_norm)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        logger.info("updates validated (max update norm %s), then:", self.max_update_norm)
+        self.inner.summary()

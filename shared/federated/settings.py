@@ -1,0 +1,93 @@
+"""Every knob of a federation, typed, read from Flower's run config (``[tool.flwr.app.config]``
+in pyproject.toml, overridden by ``flwr run --run-config`` or ``fedrec simulate`` flags)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from fedrec.shared.federated.local import LocalConfig, PrivacyConfig
+from fedrec.shared.model.network import ModelConfig
+
+Strategy = Literal["fedavg", "fedadam"]
+BundleFormat = Literal["fp32", "int8"]
+
+
+@dataclass(frozen=True)
+class FederationSettings:
+    """One federated run: data and devices, rounds and strategy, local training and DP, and
+    where the server writes its metrics, checkpoints and bundles (``out``)."""
+
+    data: str = "demo"
+    devices: int = 50
+    rounds: int = 5
+    fraction_train: float = 1.0
+    strategy: Strategy = "fedavg"
+    server_learning_rate: float = 1e-2
+    max_update_norm: float = 50.0
+    bundle_every: int = 1
+    bundle_format: BundleFormat = "fp32"
+    out: str = "fedrec-run"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    local: LocalConfig = field(default_factory=LocalConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+
+    def __post_init__(self) -> None:
+        if self.devices < 2 or self.rounds < 1 or self.bundle_every < 1:
+            raise ValueError("a federation needs devices >= 2, rounds >= 1, bundle_every >= 1")
+        if not 0 < self.fraction_train <= 1:
+            raise ValueError(f"fraction_train must be in (0, 1], got {self.fraction_train}")
+        if self.strategy not in ("fedavg", "fedadam"):
+            raise ValueError(f"strategy must be 'fedavg' or 'fedadam', got {self.strategy!r}")
+        if self.bundle_format not in ("fp32", "int8"):
+            raise ValueError(f"bundle-format must be 'fp32' or 'int8', got {self.bundle_format!r}")
+        if self.max_update_norm <= 0 or self.server_learning_rate <= 0:
+            raise ValueError("max_update_norm and server_learning_rate must be positive")
+
+    def to_run_config(self) -> dict[str, bool | int | float | str]:
+        """Flat ``kebab-case`` keys; nested configs are prefixed (``local-epochs``, ``dp-...``)."""
+        flat: dict[str, bool | int | float | str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                for inner in fields(value):
+                    item = getattr(value, inner.name)
+                    if item is not None:
+                        flat[_key(_PREFIX[f.name] + inner.name)] = item
+            else:
+                flat[_key(f.name)] = value
+        return flat
+
+    @classmethod
+    def from_run_config(cls, config: Mapping[str, Any]) -> FederationSettings:
+        """Settings from a run config; unknown keys are an error that names them."""
+        nested: dict[str, dict[str, Any]] = {name: {} for name in _PREFIX}
+        top: dict[str, Any] = {}
+        known = set(cls().to_run_config()) | {"dp-noise-multiplier"}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(f"unknown run-config keys {unknown}; known: {sorted(known)}")
+        for key, value in config.items():
+            name = key.replace("-", "_")
+            for group, prefix in _PREFIX.items():
+                if name.startswith(prefix):
+                    nested[group][name.removeprefix(prefix)] = value
+                    break
+            else:
+                top[name] = value
+        return cls(
+            **top,
+            model=ModelConfig(**nested["model"]),
+            local=LocalConfig(**nested["local"]),
+            privacy=PrivacyConfig(**nested["privacy"]),
+        )
+
+
+_PREFIX = {"model": "model_", "local": "local_", "privacy": "dp_"}
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")

@@ -1,0 +1,34 @@
+"""Checks the server runs on every update before it may enter the aggregate."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import numpy.typing as npt
+
+Arrays = Mapping[str, npt.NDArray[np.generic]]
+
+
+def update_problem(reference: Arrays, update: Arrays, max_norm: float) -> str | None:
+    """Why ``update`` (a device's weights) cannot be aggregated against the global weights
+    ``reference``, or None when it can: the same names, shapes and float dtypes, finite values,
+    and an L2 distance from the global weights of at most ``max_norm``."""
+    if set(update) != set(reference):
+        missing, extra = sorted(set(reference) - set(update)), sorted(set(update) - set(reference))
+        return f"wrong arrays (missing {missing[:3]}, unexpected {extra[:3]})"
+    squared = 0.0
+    for name, expected in reference.items():
+        got = update[name]
+        if got.shape != expected.shape:
+            return f"{name} has shape {got.shape}, expected {expected.shape}"
+        if got.dtype != expected.dtype:
+            return f"{name} has dtype {got.dtype}, expected {expected.dtype}"
+        if not np.isfinite(got).all():
+            return f"{name} has NaN or infinite values"
+        squared += float(np.sum((got.astype(np.float64) - expected.astype(np.float64)) ** 2))
+    norm = math.sqrt(squared)
+    if norm > max_norm:
+        return f"update norm {norm:.3g} exceeds the bound {max_norm:.3g}"
+    return None

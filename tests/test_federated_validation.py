@@ -1,0 +1,39 @@
+"""The server's checks on every update: names, shapes, dtypes, finite values, a norm bound."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from fedrec.shared.federated.validation import update_problem
+
+REFERENCE = {"a": np.zeros((3, 4), np.float32), "b": np.ones(5, np.float32)}
+
+
+def update(**changes: np.ndarray) -> dict[str, np.ndarray]:
+    return {**{k: v.copy() for k, v in REFERENCE.items()}, **changes}
+
+
+def test_a_good_update_passes() -> None:
+    good = update(a=np.full((3, 4), 0.1, np.float32))
+    assert update_problem(REFERENCE, good, max_norm=1.0) is None
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (update(a=np.zeros((4, 3), np.float32)), r"a has shape \(4, 3\), expected \(3, 4\)"),
+        (update(b=np.ones(5, np.float64)), "b has dtype float64, expected float32"),
+        (update(b=np.array([1, 1, np.nan, 1, 1], np.float32)), "b has NaN or infinite"),
+        (update(b=np.array([1, 1, np.inf, 1, 1], np.float32)), "b has NaN or infinite"),
+        (update(a=np.full((3, 4), 10.0, np.float32)), "update norm 34.6 exceeds the bound 1"),
+        ({"a": REFERENCE["a"]}, r"wrong arrays \(missing \['b'\], unexpected \[\]\)"),
+        (update(c=np.zeros(1, np.float32)), r"unexpected \['c'\]"),
+    ],
+)
+def test_bad_updates_are_refused_with_the_reason(bad: dict[str, np.ndarray], reason: str) -> None:
+    problem = update_problem(REFERENCE, bad, max_norm=1.0)
+    assert problem is not None
+    assert re.search(reason, problem), problem

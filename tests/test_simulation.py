@@ -1,0 +1,178 @@
+"""A real federation through Flower's simulation engine: Opacus on every device, the server's
+validation, checkpoints and bundles, and what devices send (never their texts or interests)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, Context, Message
+from flwr.clientapp.typing import ClientAppCallable
+
+from fedrec.client.app import ACCOUNTANT_RECORD
+from fedrec.client.store import EncryptedStore
+from fedrec.server.federation import CHECKPOINT
+from fedrec.shared.bundle import load_private_key, verify_bundle
+from fedrec.shared.federated.local import LocalConfig
+from fedrec.shared.federated.settings import FederationSettings
+from fedrec.shared.model.network import ModelConfig, Recommender
+from fedrec.simulations import run as simulation_run
+from fedrec.simulations.keys import device_key
+from fedrec.simulations.world import load_world
+
+DEVICES = 3
+Run = tuple[FederationSettings, dict[str, Any], Path]
+
+
+class Capture:
+    """A client mod that keeps the bytes of every reply a device sends (in the run folder, as
+    the devices run in other processes), fails device 0 in round 1 and poisons device 1's
+    update with NaN in round 2."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        partition = int(context.node_config["partition-id"])
+        server_round = int(msg.content.config_records["config"]["server-round"])
+        if partition == 0 and server_round == 1:
+            raise RuntimeError("device 0 went offline")
+        reply = call_next(msg, context)
+        if partition == 1 and server_round == 2:
+            arrays = reply.content.array_records["arrays"]
+            name = next(iter(arrays))
+            arrays[name] = Array(np.full(arrays[name].shape, np.nan, dtype=np.float32))
+        content = reply.content
+        sent = [
+            (name, array.data)
+            for record in content.array_records.values()
+            for name, array in record.items()
+        ]
+        sent += [(name, repr(dict(r))) for name, r in content.metric_records.items()]
+        sent += [(name, repr(dict(r))) for name, r in content.config_records.items()]
+        self.folder.mkdir(exist_ok=True)
+        path = self.folder / f"{partition}-round{server_round}.pkl"
+        path.write_bytes(pickle.dumps(sent))
+        return reply
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    out = tmp_path_factory.mktemp("federation")
+    settings = FederationSettings(
+        data="demo",
+        devices=DEVICES,
+        rounds=2,
+        out=str(out),
+        model=ModelConfig(hidden_dim=16, pool_window=5),
+        local=LocalConfig(batch_size=8, negatives=10, max_examples=24, context=5),
+    )
+    capture = Capture(out / "captured")
+    original = simulation_run.make_client_app
+    simulation_run.make_client_app = lambda s: original(s, mods=[capture])  # type: ignore[assignment]
+    try:
+        summary = simulation_run.simulate(settings)
+    finally:
+        simulation_run.make_client_app = original  # type: ignore[assignment]
+    return settings, summary, out
+
+
+def test_rounds_are_reported_with_failed_and_poisoned_devices_left_out(run: Run) -> None:
+    _, summary, out = run
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["round"] for line in lines] == [1, 2]
+    assert lines[0]["failed"] == 1 and lines[0]["dropped"] == 0  # offline device, round 1
+    assert lines[1]["failed"] == 0 and lines[1]["dropped"] == 1  # NaN update, round 2
+    for line in lines:
+        assert 0 < line["epsilon"]["min"] <= line["epsilon"]["max"] <= 8.0
+        assert line["bytes_up"] > 0 and line["bytes_down"] > 0
+        assert set(line["metrics"]) >= {"hr@10", "ndcg@10"}
+    assert summary["epsilon_max"] == lines[-1]["epsilon"]["max"]
+    assert summary["metrics"]["hr@10"] == lines[-1]["metrics"]["hr@10"]
+    assert summary["users"] == 600 and summary["bytes_up_per_device_round"] > 0
+
+
+def test_devices_keep_their_accountant_in_their_encrypted_store(run: Run) -> None:
+    settings, _, out = run
+    world = load_world(settings.data, settings.devices)
+    assert len(list((out / "devices").iterdir())) == DEVICES
+    for partition in range(DEVICES):
+        user_id = world.split.dataset.user_ids[world.user_of(partition)]
+        folder = out / "devices" / user_id
+        assert b"history" not in (folder / "store.fedrec").read_bytes()  # sealed
+        state = EncryptedStore(folder, device_key(out, user_id)).get_json(ACCOUNTANT_RECORD)
+        rounds_trained = 1 if partition == 0 else 2  # device 0 was offline in round 1
+        assert state["mechanism"] == "rdp"
+        assert sum(steps for _, _, steps in state["history"]) >= rounds_trained
+
+
+def test_bundles_are_signed_and_track_the_item_tower(run: Run) -> None:
+    settings, _, out = run
+    public = load_private_key(out / "server.key").public_key()
+    bundles = [
+        verify_bundle((out / "bundles" / f"items-{r}.bundle").read_bytes(), public) for r in (1, 2)
+    ]
+    assert [b.version for b in bundles] == [1, 2]
+    world = load_world(settings.data, settings.devices)
+    network = Recommender(settings.model)
+    with np.load(out / CHECKPOINT) as saved:
+        network.load_state_dict(
+            {k: torch.from_numpy(saved[k]) for k in saved.files if k != "__round__"}
+        )
+    with torch.no_grad():
+        expected = network.items(world.features.table[: world.split.num_items]).numpy()
+    np.testing.assert_allclose(bundles[1].dense(), expected, atol=1e-6)
+
+
+def test_no_device_sends_its_texts_or_interest_vector(run: Run) -> None:
+    settings, _, out = run
+    world = load_world(settings.data, settings.devices)
+    network = Recommender(settings.model)
+    with np.load(out / CHECKPOINT) as saved:
+        network.load_state_dict(
+            {k: torch.from_numpy(saved[k]) for k in saved.files if k != "__round__"}
+        )
+    texts = world.split.dataset.texts
+    captured = sorted((out / "captured").glob("*.pkl"))
+    assert len(captured) == DEVICES * 2 - 1  # device 0 failed in round 1
+    for partition in range(DEVICES):
+        user = world.user_of(partition)
+        sent = [
+            value if isinstance(value, bytes) else value.encode()
+            for path in captured
+            if path.name.startswith(f"{partition}-")
+            for _, value in pickle.loads(path.read_bytes())
+        ]
+        blob = b"".join(sent)
+        own = [t for t, u in zip(texts.texts, texts.users, strict=True) if u == user]
+        for text in own:
+            for start in range(0, max(1, len(text) - 12), 6):
+                assert text[start : start + 12].encode() not in blob
+        span = world.sequences.user(user)
+        vectors = network.items(world.features.table[world.sequences.rows[span]])[None]
+        types = torch.from_numpy(world.sequences.types[span])[None]
+        with torch.no_grad():
+            interest = network.users(vectors, types)[0, -1].numpy()
+        for dtype in (np.float32, np.float64, np.float16):
+            assert interest.astype(dtype)[:4].tobytes() not in blob
+        for value in sent:
+            if len(value) % 4 == 0 and len(value) >= 4 * interest.size:
+                floats = np.frombuffer(value, dtype=np.float32)
+                rows = floats[: len(floats) // interest.size * interest.size].reshape(
+                    -1, interest.size
+                )
+                assert not np.isclose(rows, interest, atol=1e-4).all(axis=1).any()
+
+
+def test_a_restarted_server_resumes_after_its_last_round(run: Run) -> None:
+    settings, _, out = run
+    longer = FederationSettings(**{**settings.__dict__, "rounds": 3})
+    simulation_run.simulate(longer)
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["round"] for line in lines] == [1, 2, 3]
+    assert lines[2]["failed"] == 0 and lines[2]["dropped"] == 0
