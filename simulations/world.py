@@ -18,8 +18,8 @@ from fedrec.shared.encoder.config import EncoderConfig
 from fedrec.shared.evaluation.split import Split, temporal_split
 from fedrec.shared.federated.examples import DeviceExamples, device_examples
 from fedrec.shared.federated.local import LocalConfig
-from fedrec.shared.model.events import EventSequences, build_sequences
-from fedrec.shared.model.training import Features, encode_features
+from fedrec.shared.model.events import EventSequences
+from fedrec.shared.model.training import Features, model_inputs
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,7 @@ def load_world(data: str, devices: int) -> World:
     examples as devices (at most every user)."""
     dataset = load_data(data)
     split = temporal_split(dataset)
-    texts = split.texts_before_test()
-    features = encode_features(split, EncoderConfig(), texts.texts)
-    sequences = build_sequences(dataset.num_users, split.num_items, split.fit, texts)
+    sequences, features = model_inputs(split, EncoderConfig())
     owner = np.repeat(np.arange(dataset.num_users), sequences.lengths())
     trainable = np.unique(owner[sequences.next_items >= 0])
     if devices > len(trainable):

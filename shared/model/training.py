@@ -65,6 +65,15 @@ def encode_features(split: Split, encoder: EncoderConfig, texts: list[str]) -> F
     return Features(table, split.num_items)
 
 
+def model_inputs(split: Split, encoder: EncoderConfig) -> tuple[EventSequences, Features]:
+    """Every user's training events (texts written before their test item included) and the
+    frozen-encoder features they point at."""
+    texts = split.texts_before_test()
+    features = encode_features(split, encoder, texts.texts)
+    sequences = build_sequences(split.dataset.num_users, split.num_items, split.fit, texts)
+    return sequences, features
+
+
 @dataclass
 class TrainLog:
     """Mean training loss per epoch and the wall time."""
@@ -157,9 +166,7 @@ class NetworkRecommender:
 
     def fit(self, split: Split) -> None:
         """Encode the split's items and texts (no training)."""
-        texts = split.texts_before_test()
-        features = encode_features(split, self.encoder, texts.texts)
-        sequences = build_sequences(split.dataset.num_users, split.num_items, split.fit, texts)
+        sequences, features = model_inputs(split, self.encoder)
         self.use(split, sequences, features)
 
     def use(self, split: Split, sequences: EventSequences, features: Features) -> None:
@@ -207,9 +214,7 @@ class TrainedRecommender:
         self._scorer: NetworkRecommender | None = None
 
     def fit(self, split: Split) -> None:
-        texts = split.texts_before_test()
-        features = encode_features(split, self.encoder, texts.texts)
-        sequences = build_sequences(split.dataset.num_users, split.num_items, split.fit, texts)
+        sequences, features = model_inputs(split, self.encoder)
         torch.manual_seed(self.training.seed)
         self.network = Recommender(self.model_config)
         self.log = train_central(self.network, sequences, features, self.training)
