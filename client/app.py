@@ -1,9 +1,12 @@
-"""The Flower ClientApp: one device's private training round.
+"""The Flower ClientApp: one device's private training round, and its evaluation.
 
 The device trains the global weights on its own examples with DP-SGD and replies with the new
 weights, its example count, its loss and the epsilon it has spent. Its texts, events and
 interest vector never enter the reply. The accountant's state lives in the device's encrypted
 store, so the spent budget carries over between rounds and restarts.
+
+To evaluate, the device ranks the catalog for itself with the global weights and replies with
+only the metrics of its held-out item (HR@10, nDCG@10, MRR), which the server averages.
 """
 
 from __future__ import annotations
@@ -11,14 +14,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from fedrec.client.store import EncryptedStore, StoreNotFoundError
+from fedrec.shared.evaluation.harness import rank_users
+from fedrec.shared.evaluation.metrics import point_estimates
 from fedrec.shared.federated.local import train_local
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.model.network import Recommender
+from fedrec.shared.model.training import NetworkRecommender
 from fedrec.simulations.keys import device_key
 from fedrec.simulations.world import load_world
 
@@ -37,15 +44,26 @@ def make_client_app(
         partition = int(context.node_config["partition-id"])
         return Message(content=train_device(run, partition, msg.content), reply_to=msg)
 
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        run = settings or FederationSettings.from_run_config(context.run_config)
+        partition = int(context.node_config["partition-id"])
+        return Message(content=evaluate_device(run, partition, msg.content), reply_to=msg)
+
     return app
+
+
+def _global_network(settings: FederationSettings, content: RecordDict) -> Recommender:
+    network = Recommender(settings.model)
+    network.load_state_dict(content.array_records["arrays"].to_torch_state_dict())
+    return network
 
 
 def train_device(settings: FederationSettings, partition: int, content: RecordDict) -> RecordDict:
     """One round of device ``partition``: the reply's records."""
     world = load_world(settings.data, settings.devices)
     user = world.user_of(partition)
-    network = Recommender(settings.model)
-    network.load_state_dict(content.array_records["arrays"].to_torch_state_dict())
+    network = _global_network(settings, content)
     server_round = content.config_records["config"].get("server-round", 0)
     if not isinstance(server_round, int):
         raise ValueError(f"server-round must be an int, got {server_round!r}")
@@ -73,6 +91,21 @@ def train_device(settings: FederationSettings, partition: int, content: RecordDi
     )
     arrays = ArrayRecord(network.state_dict())
     return RecordDict({"arrays": arrays, "metrics": metrics})
+
+
+def evaluate_device(
+    settings: FederationSettings, partition: int, content: RecordDict
+) -> RecordDict:
+    """Device ``partition`` ranks the catalog with the global weights; the reply holds only
+    the metrics of its held-out item (as one example)."""
+    world = load_world(settings.data, settings.devices)
+    position = world.position_of(partition)
+    scorer = NetworkRecommender(_global_network(settings, content).eval(), name="device")
+    scorer.use(world.split, world.sequences, world.features)
+    ranks, top = rank_users(scorer, world.split, np.array([position]))
+    metrics = point_estimates(ranks, top, world.split.num_items)
+    del metrics["coverage@10"]  # a catalog-wide figure, meaningless for one device
+    return RecordDict({"metrics": MetricRecord({**metrics, "num-examples": 1})})
 
 
 def _device_store(settings: FederationSettings, user_id: str) -> EncryptedStore:

@@ -439,20 +439,21 @@ def _features_from_entries(entries: list[bytes], dim: int) -> npt.NDArray[np.flo
 
 
 def _state_to_array(state: UserState) -> npt.NDArray[np.float32]:
-    parts = [state.hidden[0, 0], state.cell[0, 0], state.recent[0].flatten(), state.events]
-    return torch.cat(parts).numpy()
+    parts = [state.hidden[0, 0], state.cell[0, 0], state.recent[0].flatten()]
+    return torch.cat([*parts, state.inputs[0].flatten(), state.events]).numpy()
 
 
 def _state_from_array(saved: npt.NDArray[Any], network: Recommender) -> UserState:
-    h, w = network.config.hidden_dim, network.config.pool_window
-    size = (2 + w) * h + 1
+    h, w, d = network.config.hidden_dim, network.config.pool_window, network.config.item_dim
+    size = (2 + w) * h + w * d + 1
     if saved.shape != (size,):
         raise ValueError(f"saved interest state has shape {saved.shape}, not ({size},)")
     values = torch.tensor(saved, dtype=torch.float32)
     return UserState(
         values[:h].reshape(1, 1, h),
         values[h : 2 * h].reshape(1, 1, h),
-        values[2 * h : -1].reshape(1, w, h),
+        values[2 * h : (2 + w) * h].reshape(1, w, h),
+        values[(2 + w) * h : -1].reshape(1, w, d),
         values[-1:],
     )
 

@@ -1,5 +1,6 @@
 """The server's round loop: sample devices, validate and aggregate their updates, evaluate the
-global model on held-out interactions, publish a signed item bundle, checkpoint, report.
+global model on held-out interactions (with the harness, and on devices through federated
+evaluation), publish a signed item bundle, checkpoint, report.
 
 It writes to the run folder ``settings.out``: ``metrics.jsonl`` (one line per round),
 ``summary.json``, ``checkpoint.npz`` (a restarted server resumes after the last round in it),
@@ -56,6 +57,8 @@ class RoundReport:
     dropped: int
     loss: float | None
     metrics: dict[str, float]
+    device_metrics: dict[str, float] | None
+    devices_evaluated: int
     epsilon: dict[str, float] | None
     bytes_up: int
     bytes_down: int
@@ -63,11 +66,11 @@ class RoundReport:
 
 def make_strategy(settings: FederationSettings) -> Strategy:
     """FedAvg or FedAdam over the sampled devices, weighted by their example counts."""
-    nodes = max(2, round(settings.fraction_train * settings.devices))
     common: dict[str, Any] = {
         "fraction_train": settings.fraction_train,
-        "fraction_evaluate": 0.0,
-        "min_train_nodes": nodes,
+        "fraction_evaluate": settings.fraction_evaluate,
+        "min_train_nodes": max(2, round(settings.fraction_train * settings.devices)),
+        "min_evaluate_nodes": max(1, round(settings.fraction_evaluate * settings.devices)),
         "min_available_nodes": settings.devices,
     }
     if settings.strategy == "fedadam":
@@ -101,6 +104,9 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
             arrays = aggregated
             network.load_state_dict(arrays.to_torch_state_dict())
         evaluation = evaluate(_scorer(network, world), world.split, EvaluationConfig(resamples=200))
+        asked = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
+        answers = list(grid.send_and_receive(asked, timeout=3600)) if asked else []
+        device_metrics = strategy.aggregate_evaluate(server_round, answers)
         if server_round % settings.bundle_every == 0 or server_round == settings.rounds:
             _publish(out, network, world, settings, server_round, key)
         report = RoundReport(
@@ -111,6 +117,8 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
             dropped=len(strategy.dropped) - dropped_before,
             loss=_mean_metric(replies, "train-loss"),
             metrics=evaluation.metrics,
+            device_metrics=None if device_metrics is None else dict(device_metrics),
+            devices_evaluated=len(_ok(answers)),
             epsilon=_epsilons(replies),
             bytes_up=sum(_nbytes(r.content.array_records.get("arrays")) for r in _ok(replies)),
             bytes_down=_nbytes(arrays) * len(messages),
@@ -220,7 +228,9 @@ def _epsilons(replies: list[Message]) -> dict[str, float] | None:
 def _brief(report: RoundReport) -> str:
     hr, ndcg = report.metrics.get("hr@10", 0.0), report.metrics.get("ndcg@10", 0.0)
     eps = "off" if report.epsilon is None else f"{report.epsilon['max']:.2f}"
+    on_devices = report.device_metrics or {}
     return (
         f"{report.devices} devices ({report.failed} failed, {report.dropped} dropped), "
-        f"HR@10 {hr:.4f}, nDCG@10 {ndcg:.4f}, epsilon max {eps}, {report.wall_s:.1f} s"
+        f"HR@10 {hr:.4f}, nDCG@10 {ndcg:.4f} (on {report.devices_evaluated} devices: HR@10 "
+        f"{on_devices.get('hr@10', float('nan')):.4f}), epsilon max {eps}, {report.wall_s:.1f} s"
     )

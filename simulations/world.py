@@ -37,6 +37,14 @@ class World:
             raise ValueError(f"no device {partition}: this federation has {len(self.device_users)}")
         return int(self.device_users[partition])
 
+    def position_of(self, partition: int) -> int:
+        """Where device ``partition``'s user is in ``split.users`` (its held-out test item)."""
+        user = self.user_of(partition)
+        position = int(np.searchsorted(self.split.users, user))
+        if position == len(self.split.users) or self.split.users[position] != user:
+            raise ValueError(f"device {partition} has no held-out item to evaluate on")
+        return position
+
     def examples(self, partition: int, local: LocalConfig) -> DeviceExamples:
         """Device ``partition``'s training examples (its training events only)."""
         return device_examples(

@@ -19,7 +19,7 @@ from fedrec.shared.federated.local import (
 from fedrec.shared.model.events import build_sequences
 from fedrec.shared.model.network import ModelConfig, Recommender
 
-SMALL = ModelConfig(feature_dim=12, item_dim=12, hidden_dim=8, pool_window=3)
+SMALL = ModelConfig(feature_dim=12, item_dim=12, hidden_dim=8, pool_window=3, start_events=2)
 ITEMS = 30
 LOCAL = LocalConfig(batch_size=4, context=4, negatives=5, learning_rate=1e-2)
 
@@ -107,7 +107,8 @@ def test_dp_rounds_accumulate_epsilon_within_the_planned_budget() -> None:
     assert epsilons[0] < epsilons[1] < epsilons[2] <= 3.0 + 0.01
     assert epsilons[2] > 2.5  # the plan spends the budget, it does not waste it
     q = 4 / len(examples)
-    assert state["history"] == [[pytest.approx(result.noise_multiplier), pytest.approx(q), 18]]
+    steps = 3 * LOCAL.epochs * round(1 / q)  # rounds x epochs x steps per epoch
+    assert state["history"] == [[pytest.approx(result.noise_multiplier), pytest.approx(q), steps]]
 
 
 def test_fixed_noise_and_the_prv_accountant() -> None:

@@ -12,12 +12,23 @@ from fedrec.shared.model.events import build_sequences
 from fedrec.shared.model.network import ITEM_EVENT, TEXT_EVENT, ModelConfig, Recommender
 from fedrec.shared.model.training import Features, TrainConfig, train_central
 
-SMALL = ModelConfig(feature_dim=12, item_dim=12, hidden_dim=8, pool_window=3)
+SMALL = ModelConfig(feature_dim=12, item_dim=12, hidden_dim=8, pool_window=3, start_events=2)
+
+
+def trained_like(config: ModelConfig = SMALL) -> Recommender:
+    """A network whose every path is active: the LSTM projection and the recency weights are
+    random (an untrained one starts with the projection at zero)."""
+    torch.manual_seed(0)
+    model = Recommender(config).eval()
+    with torch.no_grad():
+        model.users.project.weight.normal_()
+        model.users.project.bias.normal_()
+        model.users.recency.weight.normal_()
+    return model
 
 
 def test_incremental_steps_equal_the_whole_sequence() -> None:
-    torch.manual_seed(0)
-    model = Recommender(SMALL).eval()
+    model = trained_like()
     features = torch.randn(1, 7, 12)
     types = torch.tensor([[0, 1, 0, 0, 1, 0, 0]])
     with torch.no_grad():
@@ -28,20 +39,32 @@ def test_incremental_steps_equal_the_whole_sequence() -> None:
             torch.testing.assert_close(model.users.interest(state)[0], batch[t])
 
 
-def test_pooling_averages_the_latest_window_of_hidden_states() -> None:
-    torch.manual_seed(0)
-    model = Recommender(SMALL).eval()
+def test_pooling_weights_the_latest_window_of_events_and_averages_its_hidden_states() -> None:
+    model = trained_like()
     features, types = torch.randn(1, 7, 12), torch.zeros(1, 7, dtype=torch.long)
+    weights = model.users.recency.weight[0]  # oldest first
     with torch.no_grad():
         hidden, _ = model.users.lstm(model.users._inputs(features, types))
-        expected = [hidden[0, max(0, t - 2) : t + 1].mean(dim=0) for t in range(7)]
-        pooled = model.users._pooled(torch.stack(expected))
-        torch.testing.assert_close(model.users(features, types)[0], pooled)
+        expected = []
+        for t in range(7):
+            mean_hidden = hidden[0, max(0, t - 2) : t + 1].mean(dim=0)
+            residual = sum(weights[2 - k] * features[0, t - k] for k in range(min(3, t + 1)))
+            expected.append(F.normalize(residual + model.users.project(mean_hidden), dim=-1))
+        torch.testing.assert_close(model.users(features, types)[0], torch.stack(expected))
+
+
+def test_untrained_interest_is_the_mean_of_the_latest_event_vectors() -> None:
+    model = Recommender(SMALL).eval()
+    vectors, types = torch.randn(2, 6, 12), torch.randint(0, 2, (2, 6))
+    lengths = torch.tensor([6, 1])
+    with torch.no_grad():
+        final = model.users.final(vectors, types, lengths)
+    expected = torch.stack([vectors[0, 4:6].mean(dim=0), vectors[1, 0]])
+    torch.testing.assert_close(final, F.normalize(expected, dim=-1))
 
 
 def test_padding_does_not_change_earlier_positions() -> None:
-    torch.manual_seed(0)
-    model = Recommender(SMALL).eval()
+    model = trained_like()
     features, types = torch.randn(1, 5, 12), torch.zeros(1, 5, dtype=torch.long)
     padded = torch.cat([features, torch.zeros(1, 3, 12)], dim=1)
     padded_types = torch.cat([types, torch.zeros(1, 3, dtype=torch.long)], dim=1)
@@ -52,8 +75,7 @@ def test_padding_does_not_change_earlier_positions() -> None:
 
 
 def test_final_equals_the_last_position_of_each_row() -> None:
-    torch.manual_seed(0)
-    model = Recommender(SMALL).eval()
+    model = trained_like()
     vectors, types = torch.randn(3, 6, 12), torch.randint(0, 2, (3, 6))
     lengths = torch.tensor([6, 2, 4])
     with torch.no_grad():
@@ -68,10 +90,23 @@ def test_interest_needs_an_event() -> None:
         model.users.interest(model.users.start())
 
 
-def test_untrained_item_tower_is_the_normalised_encoder() -> None:
-    model = Recommender(SMALL)
+@pytest.mark.parametrize("rank", [0, 3])
+def test_untrained_item_tower_is_the_normalised_encoder(rank: int) -> None:
+    model = Recommender(ModelConfig(feature_dim=12, item_dim=12, hidden_dim=8, item_rank=rank))
     features = torch.randn(4, 12)
     torch.testing.assert_close(model.items(features), F.normalize(features, dim=-1))
+    size = sum(p.numel() for p in model.items.parameters())
+    assert size == (2 * 3 * 12 + 12 if rank else 12 * 12 + 12), f"item tower has {size} params"
+
+
+def test_low_rank_item_tower_learns_a_rank_r_change() -> None:
+    torch.manual_seed(0)
+    model = Recommender(ModelConfig(feature_dim=12, item_dim=12, hidden_dim=8, item_rank=3))
+    with torch.no_grad():
+        model.items.expand.weight.normal_()  # type: ignore[union-attr]
+    change = model.items.expand(model.items.project(torch.eye(12)))  # type: ignore[misc]
+    bias = model.items.expand.bias  # type: ignore[union-attr]
+    assert int(torch.linalg.matrix_rank(change - bias)) == 3
 
 
 def test_scores_are_cosines_over_temperature() -> None:
@@ -157,3 +192,7 @@ def test_train_config_rejects_nonsense() -> None:
         TrainConfig(batch_users=0)
     with pytest.raises(ValueError, match="temperature must be in"):
         ModelConfig(temperature=0)
+    with pytest.raises(ValueError, match=r"start_events \(6\) cannot exceed pool_window \(5\)"):
+        ModelConfig(pool_window=5, start_events=6)
+    with pytest.raises(ValueError, match="needs feature_dim == item_dim"):
+        ModelConfig(feature_dim=12, item_dim=8, item_rank=2)

@@ -18,9 +18,12 @@ from fedrec.client.app import ACCOUNTANT_RECORD
 from fedrec.client.store import EncryptedStore
 from fedrec.server.federation import CHECKPOINT
 from fedrec.shared.bundle import load_private_key, verify_bundle
+from fedrec.shared.evaluation.harness import rank_users
+from fedrec.shared.evaluation.metrics import point_estimates
 from fedrec.shared.federated.local import LocalConfig
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.model.network import ModelConfig, Recommender
+from fedrec.shared.model.training import NetworkRecommender
 from fedrec.simulations import run as simulation_run
 from fedrec.simulations.keys import device_key
 from fedrec.simulations.world import load_world
@@ -30,9 +33,9 @@ Run = tuple[FederationSettings, dict[str, Any], Path]
 
 
 class Capture:
-    """A client mod that keeps the bytes of every reply a device sends (in the run folder, as
-    the devices run in other processes), fails device 0 in round 1 and poisons device 1's
-    update with NaN in round 2."""
+    """A client mod that keeps the bytes of every reply a device sends, training and evaluation
+    (in the run folder, as the devices run in other processes), fails device 0 in round 1 and
+    poisons device 1's update with NaN in round 2."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -43,7 +46,7 @@ class Capture:
         if partition == 0 and server_round == 1:
             raise RuntimeError("device 0 went offline")
         reply = call_next(msg, context)
-        if partition == 1 and server_round == 2:
+        if partition == 1 and server_round == 2 and "arrays" in reply.content.array_records:
             arrays = reply.content.array_records["arrays"]
             name = next(iter(arrays))
             arrays[name] = Array(np.full(arrays[name].shape, np.nan, dtype=np.float32))
@@ -56,7 +59,7 @@ class Capture:
         sent += [(name, repr(dict(r))) for name, r in content.metric_records.items()]
         sent += [(name, repr(dict(r))) for name, r in content.config_records.items()]
         self.folder.mkdir(exist_ok=True)
-        path = self.folder / f"{partition}-round{server_round}.pkl"
+        path = self.folder / f"{partition}-round{server_round}-{msg.metadata.message_type}.pkl"
         path.write_bytes(pickle.dumps(sent))
         return reply
 
@@ -139,7 +142,10 @@ def test_no_device_sends_its_texts_or_interest_vector(run: Run) -> None:
         )
     texts = world.split.dataset.texts
     captured = sorted((out / "captured").glob("*.pkl"))
-    assert len(captured) == DEVICES * 2 - 1  # device 0 failed in round 1
+    kinds = [path.stem.rsplit("-", 1)[1] for path in captured]
+    # device 0 failed in round 1
+    assert sorted(set(kinds)) == ["evaluate", "train"], kinds
+    assert kinds.count("train") == kinds.count("evaluate") == DEVICES * 2 - 1, kinds
     for partition in range(DEVICES):
         user = world.user_of(partition)
         sent = [
@@ -167,6 +173,27 @@ def test_no_device_sends_its_texts_or_interest_vector(run: Run) -> None:
                     -1, interest.size
                 )
                 assert not np.isclose(rows, interest, atol=1e-4).all(axis=1).any()
+
+
+def test_devices_evaluate_the_global_model_as_the_harness_does(run: Run) -> None:
+    settings, _, out = run
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["devices_evaluated"] for line in lines] == [DEVICES - 1, DEVICES]
+    world = load_world(settings.data, settings.devices)
+    network = Recommender(settings.model)
+    with np.load(out / CHECKPOINT) as saved:
+        network.load_state_dict(
+            {k: torch.from_numpy(saved[k]) for k in saved.files if k != "__round__"}
+        )
+    scorer = NetworkRecommender(network.eval())
+    scorer.use(world.split, world.sequences, world.features)
+    positions = np.array([world.position_of(p) for p in range(DEVICES)])
+    expected = point_estimates(*rank_users(scorer, world.split, positions), world.split.num_items)
+    reported = lines[-1]["device_metrics"]
+    assert set(reported) == {"hr@10", "ndcg@10", "mrr"}, reported
+    for name in reported:
+        assert reported[name] == pytest.approx(expected[name], abs=1e-12), name
+    assert reported["mrr"] > 0
 
 
 def test_a_restarted_server_resumes_after_its_last_round(run: Run) -> None:

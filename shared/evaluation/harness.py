@@ -111,18 +111,22 @@ def rank_test_items(
     top = np.empty((len(split.users), k), dtype=np.int64)
     for start in range(0, len(split.users), batch_users):
         positions = np.arange(start, min(start + batch_users, len(split.users)))
-        scores = np.asarray(model.score(positions), dtype=np.float64)
-        expected = (len(positions), split.num_items)
-        if scores.shape != expected:
-            raise ValueError(
-                f"{model.name} returned scores of shape {scores.shape}, not {expected}"
-            )
-        if not np.isfinite(scores).all():
-            raise ValueError(f"{model.name} returned NaN or infinite scores")
-        allowed = np.broadcast_to(split.candidates, scores.shape).copy()
-        rows = np.repeat(np.arange(len(positions)), np.diff(split.history_ptr)[positions])
-        seen = np.concatenate([split.history(int(p)) for p in positions])
-        allowed[rows, seen] = False
-        ranks[positions] = ranks_of_targets(scores, split.test_items[positions], allowed)
-        top[positions] = top_k(scores, allowed, k)
+        ranks[positions], top[positions] = rank_users(model, split, positions)
     return ranks, top
+
+
+def rank_users(model: Recommender, split: Split, positions: IntArray) -> tuple[IntArray, IntArray]:
+    """The rank of the test item of each evaluated user at ``positions`` among their candidates
+    (every item they have not touched), and their top 10."""
+    scores = np.asarray(model.score(positions), dtype=np.float64)
+    expected = (len(positions), split.num_items)
+    if scores.shape != expected:
+        raise ValueError(f"{model.name} returned scores of shape {scores.shape}, not {expected}")
+    if not np.isfinite(scores).all():
+        raise ValueError(f"{model.name} returned NaN or infinite scores")
+    allowed = np.broadcast_to(split.candidates, scores.shape).copy()
+    rows = np.repeat(np.arange(len(positions)), np.diff(split.history_ptr)[positions])
+    seen = np.concatenate([split.history(int(p)) for p in positions])
+    allowed[rows, seen] = False
+    ranks = ranks_of_targets(scores, split.test_items[positions], allowed)
+    return ranks, top_k(scores, allowed, min(10, split.num_items))

@@ -58,9 +58,9 @@ class LocalConfig:
     DP), Adam's learning rate, events of context per example, sampled negatives, and a cap on
     examples (the latest are kept)."""
 
-    epochs: int = 1
+    epochs: int = 2
     batch_size: int = 16
-    learning_rate: float = 1e-3
+    learning_rate: float = 1e-2
     context: int = 20
     negatives: int = 100
     max_examples: int = 256

@@ -21,46 +21,68 @@ ITEM_EVENT, TEXT_EVENT = 0, 1
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Sizes of the network, the temperature of its softmax over cosine scores, and how many of
-    the latest hidden states the interest vector averages (``pool_window``)."""
+    """Sizes of the network, the temperature of its softmax over cosine scores, how many of the
+    latest events the interest vector pools (``pool_window``), how many of them the untrained
+    interest vector averages (``start_events``: the frozen-encoder baseline), and the rank of
+    the item tower's trainable part (``item_rank``; 0 trains the whole linear map)."""
 
     feature_dim: int = 384
     item_dim: int = 384
     hidden_dim: int = 256
     temperature: float = 0.05
     pool_window: int = 20
+    start_events: int = 5
+    item_rank: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("feature_dim", "item_dim", "hidden_dim", "pool_window"):
+        for name in ("feature_dim", "item_dim", "hidden_dim", "pool_window", "start_events"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.temperature <= 1:
             raise ValueError(f"temperature must be in (0, 1], got {self.temperature}")
+        if self.start_events > self.pool_window:
+            raise ValueError(
+                f"start_events ({self.start_events}) cannot exceed pool_window ({self.pool_window})"
+            )
+        if self.item_rank < 0:
+            raise ValueError(f"item_rank must be >= 0, got {self.item_rank}")
+        if self.item_rank and self.feature_dim != self.item_dim:
+            raise ValueError("a low-rank item tower (item_rank > 0) needs feature_dim == item_dim")
 
 
 class ItemTower(nn.Module):
     """Item text features to unit item vectors: a linear map that starts as the identity (when
-    the sizes match), so an untrained tower ranks like the frozen encoder."""
+    the sizes match), so an untrained tower ranks like the frozen encoder. With ``item_rank``
+    r > 0 the map is the identity plus a trainable rank-r term (a low-rank adapter on top of
+    the frozen encoder: ``2 r d`` parameters instead of ``d**2``)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.project = nn.Linear(config.feature_dim, config.item_dim)
-        if config.feature_dim == config.item_dim:
-            with torch.no_grad():
+        rank = config.item_rank
+        self.project = nn.Linear(config.feature_dim, rank or config.item_dim, bias=not rank)
+        self.expand = nn.Linear(rank, config.item_dim) if rank else None
+        with torch.no_grad():
+            if self.expand is not None:
+                self.expand.weight.zero_()
+                self.expand.bias.zero_()
+            elif config.feature_dim == config.item_dim:
                 self.project.weight.copy_(torch.eye(config.item_dim))
                 self.project.bias.zero_()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.project(features), dim=-1)
+        if self.expand is None:
+            return F.normalize(self.project(features), dim=-1)
+        return F.normalize(features + self.expand(self.project(features)), dim=-1)
 
 
 class UserState(NamedTuple):
-    """What the user model carries from one event to the next: the LSTM's state and its latest
-    ``pool_window`` hidden states (average pooling needs no older history)."""
+    """What the user model carries from one event to the next: the LSTM's state, its latest
+    ``pool_window`` hidden states and event vectors (pooling needs no older history)."""
 
     hidden: torch.Tensor  # (1, B, H)
     cell: torch.Tensor  # (1, B, H)
     recent: torch.Tensor  # (B, W, H), oldest first; zeros before the first W events
+    inputs: torch.Tensor  # (B, W, item_dim), the event vectors of the same events
     events: torch.Tensor  # (B,) how many events so far
 
 
@@ -68,8 +90,11 @@ class UserModel(nn.Module):
     """Events in time order to the user's interest vector.
 
     Each event vector passes a linear input layer plus an embedding of its type, then an LSTM.
-    The interest vector after event t is the mean of the hidden states of the latest
-    ``pool_window`` events up to t, projected into item space and normalised (average pooling).
+    The interest vector after event t is, normalised, a learned weighting of the event vectors
+    of the latest ``pool_window`` events up to t (the residual path) plus the mean of their
+    hidden states projected into item space (average pooling). The weighting starts as the mean
+    of the latest ``start_events`` and the projection at zero, so an untrained model ranks like
+    the frozen encoder's recent items and training starts from that baseline.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -79,6 +104,8 @@ class UserModel(nn.Module):
         self.event_type = nn.Embedding(2, config.hidden_dim)
         self.lstm = nn.LSTM(config.hidden_dim, config.hidden_dim, batch_first=True)
         self.project = nn.Linear(config.hidden_dim, config.item_dim)
+        #: weight of each of the latest ``pool_window`` event vectors, oldest first
+        self.recency = nn.Linear(config.pool_window, 1, bias=False)
         with torch.no_grad():
             # Event vectors are unit vectors: unit-variance weights give the LSTM inputs of unit
             # scale that differ between events. PyTorch's default (about 1/sqrt(d)) with an N(0, 1)
@@ -87,6 +114,10 @@ class UserModel(nn.Module):
             self.embed.weight.normal_(0.0, 1.0)
             self.embed.bias.zero_()
             self.event_type.weight.normal_(0.0, 0.1)
+            self.project.weight.zero_()
+            self.project.bias.zero_()
+            self.recency.weight.zero_()
+            self.recency.weight[0, -config.start_events :] = 1.0 / config.start_events
 
     def _inputs(self, features: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.embed(features) + self.event_type(types))
@@ -101,10 +132,13 @@ class UserModel(nn.Module):
         if hidden.shape[1] > window:
             total = torch.cat([total[:, :window], total[:, window:] - total[:, :-window]], dim=1)
         steps = torch.arange(1, hidden.shape[1] + 1, device=hidden.device, dtype=hidden.dtype)
-        return self._pooled(total / steps.clamp(max=window)[None, :, None])
+        # (B, T, item_dim, W): the event vectors of the window ending at each position
+        windows = F.pad(features, (0, 0, window - 1, 0)).unfold(1, window, 1)
+        return self._pooled(total / steps.clamp(max=window)[None, :, None], windows)
 
-    def _pooled(self, mean_hidden: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.project(mean_hidden), dim=-1)
+    def _pooled(self, mean_hidden: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+        """``windows (..., item_dim, W)``: each row's latest event vectors, oldest first."""
+        return F.normalize(self.recency(windows)[..., 0] + self.project(mean_hidden), dim=-1)
 
     def final(
         self, vectors: torch.Tensor, types: torch.Tensor, lengths: torch.Tensor
@@ -112,17 +146,24 @@ class UserModel(nn.Module):
         """Unit interest vectors after each row's last event, ``(B, item_dim)``, for right-padded
         input of ``lengths[b] >= 1`` events per row (the hidden states are pooled, not kept)."""
         hidden, _ = self.lstm(self._inputs(vectors, types))
+        window = self.config.pool_window
         position = torch.arange(hidden.shape[1], device=hidden.device)[None, :]
         last = lengths[:, None]
-        valid = (position < last) & (position >= last - self.config.pool_window)
-        count = lengths.clamp(max=self.config.pool_window)[:, None].to(hidden.dtype)
-        return self._pooled((hidden * valid[:, :, None]).sum(dim=1) / count)
+        valid = (position < last) & (position >= last - window)
+        count = lengths.clamp(max=window)[:, None].to(hidden.dtype)
+        mean_hidden = (hidden * valid[:, :, None]).sum(dim=1) / count
+        latest = last - window + torch.arange(window, device=hidden.device)[None, :]  # (B, W)
+        gathered = vectors[torch.arange(len(vectors))[:, None], latest.clamp(min=0)]
+        windows = (gathered * (latest >= 0)[:, :, None]).transpose(1, 2)
+        return self._pooled(mean_hidden, windows)
 
     def start(self, batch: int = 1) -> UserState:
         """The state before any event."""
         zeros = self.project.weight.new_zeros((1, batch, self.config.hidden_dim))
-        recent = zeros.new_zeros((batch, self.config.pool_window, self.config.hidden_dim))
-        return UserState(zeros, zeros.clone(), recent, zeros.new_zeros(batch))
+        window = self.config.pool_window
+        recent = zeros.new_zeros((batch, window, self.config.hidden_dim))
+        inputs = zeros.new_zeros((batch, window, self.config.item_dim))
+        return UserState(zeros, zeros.clone(), recent, inputs, zeros.new_zeros(batch))
 
     def step(self, state: UserState, features: torch.Tensor, types: torch.Tensor) -> UserState:
         """The state after one more event per row: vectors ``(B, item_dim)``, ``types (B,)``."""
@@ -130,14 +171,15 @@ class UserModel(nn.Module):
             self._inputs(features, types)[:, None, :], (state.hidden, state.cell)
         )
         recent = torch.cat([state.recent[:, 1:], out], dim=1)
-        return UserState(hidden, cell, recent, state.events + 1)
+        inputs = torch.cat([state.inputs[:, 1:], features[:, None, :]], dim=1)
+        return UserState(hidden, cell, recent, inputs, state.events + 1)
 
     def interest(self, state: UserState) -> torch.Tensor:
         """Unit interest vectors ``(B, item_dim)`` for a state with at least one event."""
         if bool((state.events < 1).any()):
             raise ValueError("the interest vector needs at least one event")
         count = state.events.clamp(max=self.config.pool_window)[:, None]
-        return self._pooled(state.recent.sum(dim=1) / count)
+        return self._pooled(state.recent.sum(dim=1) / count, state.inputs.transpose(1, 2))
 
 
 class Recommender(nn.Module):
