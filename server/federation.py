@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, Strategy
 
@@ -117,7 +117,7 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
             dropped=len(strategy.dropped) - dropped_before,
             loss=_mean_metric(replies, "train-loss"),
             metrics=evaluation.metrics,
-            device_metrics=None if device_metrics is None else dict(device_metrics),
+            device_metrics=_scalars(device_metrics),
             devices_evaluated=len(_ok(answers)),
             epsilon=_epsilons(replies),
             bytes_up=sum(_nbytes(r.content.array_records.get("arrays")) for r in _ok(replies)),
@@ -197,6 +197,13 @@ def _save_checkpoint(out: Path, network: Recommender, server_round: int) -> None
     with temp.open("wb") as handle:
         np.savez(handle, __round__=np.array(server_round), **arrays)
     temp.replace(out / CHECKPOINT)
+
+
+def _scalars(record: MetricRecord | None) -> dict[str, float] | None:
+    """A metric record's scalar metrics."""
+    if record is None:
+        return None
+    return {k: float(v) for k, v in record.items() if isinstance(v, int | float)}
 
 
 def _ok(replies: list[Message]) -> list[Message]:

@@ -8,8 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedrec import __version__
-from fedrec.benchmarks.feedback import FeedbackBenchmarkResult, run_feedback_benchmark
-from fedrec.benchmarks.rank import RankBenchmarkResult, run_rank_benchmark
+from fedrec.benchmarks import BenchmarkReport
+from fedrec.benchmarks.feedback import run_feedback_benchmark
+from fedrec.benchmarks.rank import run_rank_benchmark
+from fedrec.benchmarks.reembed import run_reembed_benchmark
 from fedrec.shared.data.errors import DataError
 from fedrec.shared.data.folder import save_folder
 from fedrec.shared.data.spec import SPEC_HELP, load_data
@@ -78,17 +80,20 @@ def _simulate(args: argparse.Namespace) -> int:
     from fedrec.shared.federated.settings import FederationSettings
     from fedrec.simulations.run import simulate
 
-    defaults = FederationSettings()
+    given = {
+        name: value
+        for name, value in (("devices", args.devices), ("rounds", args.rounds))
+        if value is not None
+    }
     privacy = PrivacyConfig(
         enabled=not args.no_dp,
         target_epsilon=args.target_epsilon,
         delta=args.delta,
         accountant=args.accountant,
     )
-    settings = FederationSettings(
-        data=args.data,
-        devices=args.devices,
-        rounds=args.rounds or defaults.rounds,
+    settings = FederationSettings.for_data(
+        args.data,
+        **given,
         strategy=args.strategy,
         out=str(args.out),
         seed=args.seed,
@@ -113,9 +118,7 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_json(
-    result: EvaluationResult | RankBenchmarkResult | FeedbackBenchmarkResult, path: Path | None
-) -> None:
+def _write_json(result: EvaluationResult | BenchmarkReport, path: Path | None) -> None:
     if path:
         result.write_json(path)
         print(f"wrote {path}")
@@ -206,8 +209,10 @@ def _parser() -> argparse.ArgumentParser:
         "round) and OUT/summary.json. Rerun with the same --out to resume after a crash.",
     )
     simulate.add_argument("--data", default="demo", metavar="SPEC", help=SPEC_HELP)
-    simulate.add_argument("--devices", type=int, default=50, help="virtual devices (users)")
-    simulate.add_argument("--rounds", type=int, help="rounds (default: 5)")
+    simulate.add_argument(
+        "--devices", type=int, help="virtual devices, one per user (default: per data set)"
+    )
+    simulate.add_argument("--rounds", type=int, help="rounds (default: per data set)")
     simulate.add_argument("--out", type=Path, required=True, help="run folder")
     simulate.add_argument("--strategy", choices=["fedavg", "fedadam"], default="fedavg")
     simulate.add_argument("--no-dp", action="store_true", help="train without DP-SGD")
@@ -239,11 +244,22 @@ def _parser() -> argparse.ArgumentParser:
             "A real device over synthetic items: time from recording an item event, or a text "
             "(encoded on the device), to the refreshed top-10; p50 and p99.",
         ),
+        "reembed": (
+            run_reembed_benchmark,
+            None,
+            "server: re-embed the item catalog from scratch vs over cached features",
+            "Re-embed the demo catalog's item texts after a round: from scratch (the text "
+            "encoder, then the item tower) against the item tower over the cached "
+            "frozen-encoder features (what the server does); both must give the same vectors.",
+        ),
     }
     for name, (benchmark, items, summary, description) in benchmarks.items():
         one = benches.add_parser(name, help=summary, description=description)
         one.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
-        one.add_argument("--items", type=int, default=items, help=f"catalog size (default {items})")
+        default = "all" if items is None else items
+        one.add_argument(
+            "--items", type=int, default=items, help=f"catalog size (default {default})"
+        )
         one.add_argument("--seed", type=int, default=0)
         one.set_defaults(run=_bench, benchmark=benchmark)
 
