@@ -2,8 +2,9 @@
 
 The device trains the global weights on its own examples with DP-SGD and replies with the new
 weights, its example count, its loss and the epsilon it has spent. Its texts, events and
-interest vector never enter the reply. The accountant's state lives in the device's encrypted
-store, so the spent budget carries over between rounds and restarts.
+interest vector never enter the reply. Its privacy ledger (every round's epsilon and the
+parameters behind it) lives in its encrypted store, so the spent budget carries over between
+rounds and restarts, and the device refuses a round that would take it past its budget.
 
 To evaluate, the device ranks the catalog for itself with the global weights and replies with
 only the metrics of its held-out item (HR@10, nDCG@10, MRR), which the server averages.
@@ -11,7 +12,7 @@ only the metrics of its held-out item (HR@10, nDCG@10, MRR), which the server av
 
 from __future__ import annotations
 
-import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +23,18 @@ from flwr.clientapp.typing import Mod
 from fedrec.client.store import EncryptedStore, StoreNotFoundError
 from fedrec.shared.evaluation.harness import rank_users
 from fedrec.shared.evaluation.metrics import point_estimates
-from fedrec.shared.federated.local import train_local
+from fedrec.shared.federated.ledger import LedgerEntry, PrivacyLedger, epsilon_of
+from fedrec.shared.federated.local import PrivacyConfig, RoundPlan, plan_round, train_local
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.model.network import Recommender
 from fedrec.shared.model.training import NetworkRecommender
 from fedrec.simulations.keys import device_key
 from fedrec.simulations.world import load_world
 
-ACCOUNTANT_RECORD = "privacy/accountant"
+#: The device's privacy ledger in its encrypted store (``fedrec.shared.federated.ledger``).
+LEDGER_RECORD = "privacy/ledger"
+
+logger = logging.getLogger(__name__)
 
 
 def make_client_app(
@@ -60,7 +65,9 @@ def _global_network(settings: FederationSettings, content: RecordDict) -> Recomm
 
 
 def train_device(settings: FederationSettings, partition: int, content: RecordDict) -> RecordDict:
-    """One round of device ``partition``: the reply's records."""
+    """One round of device ``partition``: the reply's records. Under DP the device refuses
+    (a reply without arrays, ``budget-refused`` 1) when the round would take it past its
+    budget, and says in every reply whether it can afford another (``budget-exhausted``)."""
     world = load_world(settings.data, settings.devices)
     user = world.user_of(partition)
     network = _global_network(settings, content)
@@ -68,29 +75,66 @@ def train_device(settings: FederationSettings, partition: int, content: RecordDi
     if not isinstance(server_round, int):
         raise ValueError(f"server-round must be an int, got {server_round!r}")
     store = _device_store(settings, world.split.dataset.user_ids[user])
-    saved = store.get(ACCOUNTANT_RECORD)
+    ledger = _ledger(store)
+    privacy = settings.privacy
+    examples = world.examples(partition, settings.local)
+    plan = plan_round(len(examples), settings.local, privacy, settings.rounds)
+    if privacy.enabled and not _affordable(ledger, plan, privacy):
+        logger.info("device %d: round %d would exceed its budget; refused", partition, server_round)
+        refusal = {"num-examples": 0, "epsilon": ledger.spent, "budget-refused": 1}
+        return RecordDict({"metrics": MetricRecord({**refusal, "budget-exhausted": 1})})
     result = train_local(
         network,
         world.features.table,
         world.split.num_items,
-        world.examples(partition, settings.local),
+        examples,
         settings.local,
-        settings.privacy,
+        privacy,
         planned_rounds=settings.rounds,
-        accountant_state=None if saved is None else json.loads(saved),
+        accountant_state=ledger.accountant_state(privacy.accountant),
         seed=settings.seed * 1_000_003 + server_round * 1009 + partition,
     )
-    if result.accountant_state is not None:
-        store.put_json(ACCOUNTANT_RECORD, result.accountant_state)
+    exhausted = False
+    if result.epsilon is not None and result.noise_multiplier is not None:
+        entry = LedgerEntry(
+            round=server_round,
+            epsilon=result.epsilon,
+            delta=privacy.delta,
+            accountant=privacy.accountant,
+            noise_multiplier=result.noise_multiplier,
+            sample_rate=result.sample_rate,
+            steps=result.steps,
+            max_grad_norm=privacy.max_grad_norm,
+        )
+        ledger = ledger.with_entry(entry)
+        store.put_json(LEDGER_RECORD, ledger.to_json())
+        exhausted = not _affordable(ledger, plan, privacy)
     metrics = MetricRecord(
         {
             "num-examples": result.num_examples,
             "train-loss": result.loss,
             "epsilon": -1.0 if result.epsilon is None else result.epsilon,
+            "budget-exhausted": int(exhausted),
         }
     )
     arrays = ArrayRecord(network.state_dict())
     return RecordDict({"arrays": arrays, "metrics": metrics})
+
+
+def _ledger(store: EncryptedStore) -> PrivacyLedger:
+    saved = store.get_json(LEDGER_RECORD)
+    return PrivacyLedger() if saved is None else PrivacyLedger.from_json(saved)
+
+
+def _affordable(ledger: PrivacyLedger, plan: RoundPlan, privacy: PrivacyConfig) -> bool:
+    """Whether one more round as ``plan`` keeps the device within its budget."""
+    if plan.noise_multiplier is None:
+        return True
+    mechanism = (plan.noise_multiplier, plan.sample_rate, plan.steps)
+    after = epsilon_of(
+        privacy.accountant, [*ledger.history(privacy.accountant), mechanism], privacy.delta
+    )
+    return after <= privacy.target_epsilon * (1 + 1e-9)
 
 
 def evaluate_device(

@@ -23,7 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, Strategy
 
-from fedrec.server.strategy import ValidatedStrategy, record_arrays
+from fedrec.server.strategy import BudgetStrategy, ValidatedStrategy, record_arrays
 from fedrec.shared.bundle import (
     ItemBundle,
     generate_signing_key,
@@ -55,6 +55,8 @@ class RoundReport:
     devices: int
     failed: int
     dropped: int
+    refused: int
+    out_of_budget: int
     loss: float | None
     metrics: dict[str, float]
     device_metrics: dict[str, float] | None
@@ -90,15 +92,21 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
     first = _resume(out, network) + 1
     if first == 1:
         (out / METRICS).unlink(missing_ok=True)
-    strategy = ValidatedStrategy(make_strategy(settings), settings.max_update_norm)
+    validated = ValidatedStrategy(make_strategy(settings), settings.max_update_norm)
+    strategy = BudgetStrategy(validated)
     key = _signing_key(out)
     arrays = ArrayRecord(network.state_dict())
     result: dict[str, Any] = {}
     for server_round in range(first, settings.rounds + 1):
+        if len(strategy.exhausted) >= settings.devices:
+            logger.info(
+                "every device has spent its privacy budget: stopping before round %d", server_round
+            )
+            break
         tic = time.perf_counter()
         messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
-        replies = list(grid.send_and_receive(messages, timeout=3600))
-        dropped_before = len(strategy.dropped)
+        replies = list(grid.send_and_receive(messages, timeout=3600)) if messages else []
+        dropped_before, refused_before = len(validated.dropped), len(strategy.refused)
         aggregated, _ = strategy.aggregate_train(server_round, replies)
         if aggregated is not None:
             arrays = aggregated
@@ -114,7 +122,9 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
             wall_s=time.perf_counter() - tic,
             devices=len(messages),
             failed=sum(r.has_error() for r in replies),
-            dropped=len(strategy.dropped) - dropped_before,
+            dropped=len(validated.dropped) - dropped_before,
+            refused=len(strategy.refused) - refused_before,
+            out_of_budget=len(strategy.exhausted),
             loss=_mean_metric(replies, "train-loss"),
             metrics=evaluation.metrics,
             device_metrics=_scalars(device_metrics),

@@ -79,3 +79,56 @@ class ValidatedStrategy(Strategy):
     def summary(self) -> None:
         logger.info("updates validated (max update norm %s), then:", self.max_update_norm)
         self.inner.summary()
+
+
+class BudgetStrategy(Strategy):
+    """Delegates to ``inner`` and keeps devices that have spent their privacy budget out.
+
+    A device says in its training reply whether it can afford another round
+    (``budget-exhausted``); from then on its training requests are withheld. A device that
+    refuses a round (``budget-refused``, a reply without arrays) is left out of the
+    aggregation and remembered in ``refused``. The set lives in memory: after a restart the
+    devices say it again, by refusing."""
+
+    def __init__(self, inner: Strategy) -> None:
+        self.inner = inner
+        self.exhausted: set[int] = set()
+        self.refused: list[tuple[int, int]] = []  # (round, node)
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        messages = self.inner.configure_train(server_round, arrays, config, grid)
+        return [m for m in messages if m.metadata.dst_node_id not in self.exhausted]
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        kept = []
+        for reply in replies:
+            metrics = None if reply.has_error() else reply.content.metric_records.get("metrics")
+            node = reply.metadata.src_node_id
+            if metrics is not None and metrics.get("budget-exhausted") == 1:
+                self.exhausted.add(node)
+            if metrics is not None and metrics.get("budget-refused") == 1:
+                logger.info(
+                    "round %d: node %d refused: its privacy budget is spent", server_round, node
+                )
+                self.refused.append((server_round, node))
+                continue
+            kept.append(reply)
+        return self.inner.aggregate_train(server_round, kept)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        logger.info("devices out of privacy budget: %d", len(self.exhausted))
+        self.inner.summary()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import dp_accounting
 import numpy as np
 import pytest
@@ -10,10 +12,12 @@ from dp_accounting import rdp
 
 from fedrec.shared.data.dataset import Interactions, UserTexts
 from fedrec.shared.federated.examples import device_examples
+from fedrec.shared.federated.ledger import LedgerEntry, PrivacyLedger, epsilon_of
 from fedrec.shared.federated.local import (
     RDP_ORDERS,
     LocalConfig,
     PrivacyConfig,
+    plan_round,
     train_local,
 )
 from fedrec.shared.model.events import build_sequences
@@ -79,7 +83,7 @@ def test_training_without_dp_updates_the_network_in_place() -> None:
     assert last.loss < first.loss
 
 
-def independent_epsilon(history: list[list[float]], delta: float) -> float:
+def independent_epsilon(history: Sequence[Sequence[float]], delta: float) -> float:
     accountant = rdp.RdpAccountant(orders=list(RDP_ORDERS))
     for sigma, q, steps in history:
         event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
@@ -130,3 +134,32 @@ def test_bad_configs_and_an_empty_device() -> None:
     empty = device_examples(sequences(1), 0, 4, 100)
     with pytest.raises(ValueError, match="no examples"):
         train_local(Recommender(SMALL), table(), ITEMS, empty, LOCAL, PrivacyConfig(), 1)
+
+
+def test_the_plan_matches_what_opacus_samples_and_steps() -> None:
+    examples = device_examples(sequences(23), 0, 4, 100)  # 23 examples, batches of 4: 6 batches
+    plan = plan_round(len(examples), LOCAL, PrivacyConfig(), planned_rounds=2)
+    assert (plan.batch_size, plan.sample_rate, plan.steps) == (4, 1 / 6, LOCAL.epochs * 6)
+    result = train_local(Recommender(SMALL), table(), ITEMS, examples, LOCAL, PrivacyConfig(), 2)
+    assert result.steps == plan.steps and result.sample_rate == plan.sample_rate
+    assert result.accountant_state is not None
+    assert result.accountant_state["history"] == [[plan.noise_multiplier, 1 / 6, plan.steps]]
+
+
+def test_the_ledger_recomputes_epsilon_and_round_trips() -> None:
+    entries = []
+    history: list[tuple[float, float, int]] = []
+    for round_, (sigma, q, steps) in enumerate([(1.2, 0.25, 8), (1.2, 0.25, 8), (2.0, 0.1, 20)]):
+        history.append((sigma, q, steps))
+        epsilon = epsilon_of("rdp", history, 1e-5)
+        assert epsilon == pytest.approx(independent_epsilon(history, 1e-5), rel=1e-6)
+        entries.append(LedgerEntry(round_ + 1, epsilon, 1e-5, "rdp", sigma, q, steps, 1.0))
+    ledger = PrivacyLedger(tuple(entries))
+    assert ledger.spent == entries[-1].epsilon and PrivacyLedger().spent == 0.0
+    assert PrivacyLedger.from_json(ledger.to_json()) == ledger
+    assert ledger.accountant_state("rdp") == {"mechanism": "rdp", "history": history}
+    with pytest.raises(ValueError, match=r"kept with the \['rdp'\] accountant; .* 'prv'"):
+        ledger.history("prv")
+    with pytest.raises(ValueError, match="malformed privacy ledger"):
+        PrivacyLedger.from_json({"entries": [{"round": 1}]})
+    assert epsilon_of("prv", [], 1e-5) == 0.0

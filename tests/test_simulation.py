@@ -14,12 +14,13 @@ import torch
 from flwr.app import Array, Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
-from fedrec.client.app import ACCOUNTANT_RECORD
+from fedrec.client.app import LEDGER_RECORD
 from fedrec.client.store import EncryptedStore
 from fedrec.server.federation import CHECKPOINT
 from fedrec.shared.bundle import load_private_key, verify_bundle
 from fedrec.shared.evaluation.harness import rank_users
 from fedrec.shared.evaluation.metrics import point_estimates
+from fedrec.shared.federated.ledger import PrivacyLedger, epsilon_of
 from fedrec.shared.federated.local import LocalConfig
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.model.network import ModelConfig, Recommender
@@ -100,7 +101,7 @@ def test_rounds_are_reported_with_failed_and_poisoned_devices_left_out(run: Run)
     assert summary["users"] == 600 and summary["bytes_up_per_device_round"] > 0
 
 
-def test_devices_keep_their_accountant_in_their_encrypted_store(run: Run) -> None:
+def test_devices_keep_their_privacy_ledger_in_their_encrypted_store(run: Run) -> None:
     settings, _, out = run
     world = load_world(settings.data, settings.devices)
     assert len(list((out / "devices").iterdir())) == DEVICES
@@ -108,10 +109,16 @@ def test_devices_keep_their_accountant_in_their_encrypted_store(run: Run) -> Non
         user_id = world.split.dataset.user_ids[world.user_of(partition)]
         folder = out / "devices" / user_id
         assert b"history" not in (folder / "store.fedrec").read_bytes()  # sealed
-        state = EncryptedStore(folder, device_key(out, user_id)).get_json(ACCOUNTANT_RECORD)
-        rounds_trained = 1 if partition == 0 else 2  # device 0 was offline in round 1
-        assert state["mechanism"] == "rdp"
-        assert sum(steps for _, _, steps in state["history"]) >= rounds_trained
+        saved = EncryptedStore(folder, device_key(out, user_id)).get_json(LEDGER_RECORD)
+        ledger = PrivacyLedger.from_json(saved)
+        rounds_trained = [2] if partition == 0 else [1, 2]  # device 0 was offline in round 1
+        assert [e.round for e in ledger.entries] == rounds_trained
+        for i, entry in enumerate(ledger.entries):
+            assert entry.accountant == "rdp" and entry.delta == 1e-5 and entry.max_grad_norm == 1.0
+            assert entry.steps >= 1 and 0 < entry.sample_rate <= 1 and entry.noise_multiplier > 0
+            independent = epsilon_of("rdp", [e.mechanism for e in ledger.entries[: i + 1]], 1e-5)
+            assert entry.epsilon == pytest.approx(independent, rel=1e-9)
+        assert 0 < ledger.spent <= 8.0
 
 
 def test_bundles_are_signed_and_track_the_item_tower(run: Run) -> None:
@@ -196,10 +203,24 @@ def test_devices_evaluate_the_global_model_as_the_harness_does(run: Run) -> None
     assert reported["mrr"] > 0
 
 
-def test_a_restarted_server_resumes_after_its_last_round(run: Run) -> None:
+def test_a_restarted_server_resumes_and_devices_out_of_budget_refuse(run: Run) -> None:
+    """Run to 4 rounds: devices 1 and 2 spent their budget in rounds 1-2 (planned for 2), so
+    they refuse round 3 and the server withholds round 4 from them; device 0 trains on."""
     settings, _, out = run
-    longer = FederationSettings(**{**settings.__dict__, "rounds": 3})
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines[1]["out_of_budget"] == 2  # devices 1 and 2 said so in round 2
+    longer = FederationSettings(**{**settings.__dict__, "rounds": 4})
     simulation_run.simulate(longer)
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [line["round"] for line in lines] == [1, 2, 3]
+    assert [line["round"] for line in lines] == [1, 2, 3, 4]
     assert lines[2]["failed"] == 0 and lines[2]["dropped"] == 0
+    assert (lines[2]["devices"], lines[2]["refused"]) == (DEVICES, 2)  # a new server asks all
+    assert (lines[3]["devices"], lines[3]["refused"]) == (1, 0)  # and then only device 0
+    assert lines[3]["out_of_budget"] == DEVICES  # device 0 too, after round 4
+    world = load_world(settings.data, settings.devices)
+    for partition, rounds in ((0, [2, 3, 4]), (1, [1, 2]), (2, [1, 2])):
+        user_id = world.split.dataset.user_ids[world.user_of(partition)]
+        store = EncryptedStore(out / "devices" / user_id, device_key(out, user_id))
+        ledger = PrivacyLedger.from_json(store.get_json(LEDGER_RECORD))
+        assert [e.round for e in ledger.entries] == rounds
+        assert ledger.spent <= 8.0 * (1 + 1e-9)

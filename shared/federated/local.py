@@ -74,6 +74,18 @@ class LocalConfig:
 
 
 @dataclass(frozen=True)
+class RoundPlan:
+    """A device's round: its expected batch, the rate at which Opacus' Poisson sampling draws
+    each example (one over the number of batches), the steps, and the noise multiplier (None
+    without DP)."""
+
+    batch_size: int
+    sample_rate: float
+    steps: int
+    noise_multiplier: float | None
+
+
+@dataclass(frozen=True)
 class LocalResult:
     """What a round of local training produced; ``epsilon`` is None without DP."""
 
@@ -81,6 +93,8 @@ class LocalResult:
     loss: float
     epsilon: float | None
     noise_multiplier: float | None
+    sample_rate: float
+    steps: int
     accountant_state: dict[str, Any] | None
 
 
@@ -128,6 +142,20 @@ def plan_noise(privacy: PrivacyConfig, sample_rate: float, steps: int) -> float:
     )
 
 
+def plan_round(
+    num_examples: int, local: LocalConfig, privacy: PrivacyConfig, planned_rounds: int
+) -> RoundPlan:
+    """The round a device with ``num_examples`` examples trains: the noise is the smallest
+    that keeps ``planned_rounds`` such rounds within the privacy target."""
+    batch = min(local.batch_size, num_examples)
+    batches = math.ceil(num_examples / batch)
+    steps = local.epochs * batches
+    noise = None
+    if privacy.enabled:
+        noise = plan_noise(privacy, 1 / batches, planned_rounds * steps)
+    return RoundPlan(batch, 1 / batches, steps, noise)
+
+
 def train_local(
     network: Recommender,
     table: torch.Tensor,
@@ -149,16 +177,13 @@ def train_local(
         *(torch.from_numpy(a) for a in (examples.rows, examples.types, examples.lengths)),
         torch.from_numpy(examples.targets),
     )
-    batch = min(local.batch_size, len(examples))
-    loader = DataLoader(data, batch_size=batch, shuffle=True, generator=generator)
+    plan = plan_round(len(examples), local, privacy, planned_rounds)
+    loader = DataLoader(data, batch_size=plan.batch_size, shuffle=True, generator=generator)
     trained = copy.deepcopy(network).train()
     scorer: nn.Module = ExampleScorer(trained, table)
-    noise = engine = None
+    engine = None
     if privacy.enabled:
         scorer = ModuleValidator.fix(scorer)
-        sample_rate = batch / len(examples)
-        steps = planned_rounds * local.epochs * math.ceil(1 / sample_rate)
-        noise = plan_noise(privacy, sample_rate, steps)
         engine = PrivacyEngine(accountant=privacy.accountant)
         if accountant_state is not None:
             engine.accountant.load_state_dict(_accountant_from_json(accountant_state))
@@ -170,12 +195,12 @@ def train_local(
             module=scorer,
             optimizer=optimizer,
             data_loader=loader,
-            noise_multiplier=noise,
+            noise_multiplier=plan.noise_multiplier,
             max_grad_norm=privacy.max_grad_norm,
             # Noise the server cannot predict: seeded from the OS, never from ``seed``.
             noise_generator=torch.Generator().manual_seed(secrets.randbits(63)),
         )
-    total, count = 0.0, 0
+    total, count, steps = 0.0, 0, 0
     for _ in range(local.epochs):
         for rows, types, lengths, targets in loader:
             n = len(targets)
@@ -191,6 +216,7 @@ def train_local(
             optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
+            steps += 1
             total += float(loss.detach()) * n
             count += n
     names = network.state_dict().keys()  # DPLSTM also lists its cells' own names: drop them
@@ -200,7 +226,15 @@ def train_local(
         options = accountant_options(privacy.accountant)
         epsilon = float(engine.accountant.get_epsilon(privacy.delta, **options))
         state = _accountant_to_json(engine.accountant.state_dict())
-    return LocalResult(len(examples), total / max(count, 1), epsilon, noise, state)
+    return LocalResult(
+        num_examples=len(examples),
+        loss=total / max(count, 1),
+        epsilon=epsilon,
+        noise_multiplier=plan.noise_multiplier,
+        sample_rate=plan.sample_rate,
+        steps=steps,
+        accountant_state=state,
+    )
 
 
 def trained_state(scorer: nn.Module) -> dict[str, torch.Tensor]:
