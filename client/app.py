@@ -81,8 +81,9 @@ def train_device(settings: FederationSettings, partition: int, content: RecordDi
     plan = plan_round(len(examples), settings.local, privacy, settings.rounds)
     if privacy.enabled and not _affordable(ledger, plan, privacy):
         logger.info("device %d: round %d would exceed its budget; refused", partition, server_round)
-        refusal = {"num-examples": 0, "epsilon": ledger.spent, "budget-refused": 1}
-        return RecordDict({"metrics": MetricRecord({**refusal, "budget-exhausted": 1})})
+        refusal = {"num-examples": 0, "epsilon": ledger.spent, "device-weight": 1}
+        flags = {"budget-refused": 1, "budget-exhausted": 1}
+        return RecordDict({"metrics": MetricRecord({**refusal, **flags})})
     result = train_local(
         network,
         world.features.table,
@@ -115,6 +116,7 @@ def train_device(settings: FederationSettings, partition: int, content: RecordDi
             "train-loss": result.loss,
             "epsilon": -1.0 if result.epsilon is None else result.epsilon,
             "budget-exhausted": int(exhausted),
+            "device-weight": 1,  # equal weights under user-level DP
         }
     )
     arrays = ArrayRecord(network.state_dict())
@@ -149,7 +151,8 @@ def evaluate_device(
     ranks, top = rank_users(scorer, world.split, np.array([position]))
     metrics = point_estimates(ranks, top, world.split.num_items)
     del metrics["coverage@10"]  # a catalog-wide figure, meaningless for one device
-    return RecordDict({"metrics": MetricRecord({**metrics, "num-examples": 1})})
+    weights = {"num-examples": 1, "device-weight": 1}  # one example, one device
+    return RecordDict({"metrics": MetricRecord({**metrics, **weights})})
 
 
 def _device_store(settings: FederationSettings, user_id: str) -> EncryptedStore:

@@ -21,7 +21,12 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAdam, FedAvg, Strategy
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAdam,
+    FedAvg,
+    Strategy,
+)
 
 from fedrec.server.strategy import BudgetStrategy, ValidatedStrategy, record_arrays
 from fedrec.shared.bundle import (
@@ -33,6 +38,7 @@ from fedrec.shared.bundle import (
 )
 from fedrec.shared.evaluation.harness import EvaluationConfig, evaluate
 from fedrec.shared.federated.settings import FederationSettings
+from fedrec.shared.federated.user_level import plan_user_noise, user_level_epsilon
 from fedrec.shared.model.network import Recommender
 from fedrec.shared.model.training import NetworkRecommender
 from fedrec.shared.quantization import quantize_int8
@@ -44,6 +50,8 @@ logger = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+#: The epsilon each device last reported, by Flower node id (for the privacy report).
+BUDGETS = "budgets.json"
 
 
 @dataclass(frozen=True)
@@ -62,22 +70,38 @@ class RoundReport:
     device_metrics: dict[str, float] | None
     devices_evaluated: int
     epsilon: dict[str, float] | None
+    user_noise: float | None
+    user_epsilon: float | None
     bytes_up: int
     bytes_down: int
 
 
-def make_strategy(settings: FederationSettings) -> Strategy:
-    """FedAvg or FedAdam over the sampled devices, weighted by their example counts."""
+def make_strategy(settings: FederationSettings, user_noise: float | None = None) -> Strategy:
+    """FedAvg or FedAdam over the sampled devices, weighted by their example counts; under
+    user-level DP, weighted equally and wrapped by Flower's server-side clipping and noise."""
+    user_level = settings.user_privacy
     common: dict[str, Any] = {
         "fraction_train": settings.fraction_train,
         "fraction_evaluate": settings.fraction_evaluate,
-        "min_train_nodes": max(2, round(settings.fraction_train * settings.devices)),
+        "min_train_nodes": settings.sampled_devices,
         "min_evaluate_nodes": max(1, round(settings.fraction_evaluate * settings.devices)),
         "min_available_nodes": settings.devices,
+        "weighted_by_key": "device-weight" if user_level.enabled else "num-examples",
     }
     if settings.strategy == "fedadam":
-        return FedAdam(**common, eta=settings.server_learning_rate)
-    return FedAvg(**common)
+        strategy: Strategy = FedAdam(**common, eta=settings.server_learning_rate)
+    else:
+        strategy = FedAvg(**common)
+    if not user_level.enabled:
+        return strategy
+    if user_noise is None:
+        raise ValueError("user-level DP needs the server's noise multiplier")
+    return DifferentialPrivacyServerSideFixedClipping(
+        strategy,
+        noise_multiplier=user_noise,
+        clipping_norm=user_level.clipping_norm,
+        num_sampled_clients=settings.sampled_devices,
+    )
 
 
 def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
@@ -92,7 +116,19 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
     first = _resume(out, network) + 1
     if first == 1:
         (out / METRICS).unlink(missing_ok=True)
-    validated = ValidatedStrategy(make_strategy(settings), settings.max_update_norm)
+        (out / BUDGETS).unlink(missing_ok=True)
+    spent = _load_budgets(out)
+    user_noises = _user_noises(out)
+    noise = None
+    if settings.user_privacy.enabled:
+        noise = plan_user_noise(
+            settings.user_privacy,
+            settings.devices,
+            settings.sampled_devices,
+            settings.rounds - len(user_noises),
+            tuple(user_noises),
+        )
+    validated = ValidatedStrategy(make_strategy(settings, noise), settings.max_update_norm)
     strategy = BudgetStrategy(validated)
     key = _signing_key(out)
     arrays = ArrayRecord(network.state_dict())
@@ -130,9 +166,16 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
             device_metrics=_scalars(device_metrics),
             devices_evaluated=len(_ok(answers)),
             epsilon=_epsilons(replies),
+            user_noise=noise,
+            user_epsilon=_user_epsilon(settings, user_noises, noise),
             bytes_up=sum(_nbytes(r.content.array_records.get("arrays")) for r in _ok(replies)),
             bytes_down=_nbytes(arrays) * len(messages),
         )
+        for reply in _ok(replies):
+            epsilon = reply.content.metric_records["metrics"].get("epsilon")
+            if isinstance(epsilon, int | float) and epsilon >= 0:
+                spent[str(reply.metadata.src_node_id)] = float(epsilon)
+        _write_atomic(out / BUDGETS, json.dumps(spent, indent=1) + "\n")
         _save_checkpoint(out, network, server_round)
         with (out / METRICS).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(report.__dict__) + "\n")
@@ -142,6 +185,7 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
             "rounds": settings.rounds,
             "devices": settings.devices,
             "epsilon_max": None if report.epsilon is None else report.epsilon["max"],
+            "user_epsilon": report.user_epsilon,
             "bytes_up_per_device_round": report.bytes_up / max(1, report.devices),
             "wall_s": time.perf_counter() - started,
             "settings": settings.to_run_config(),
@@ -201,6 +245,20 @@ def _resume(out: Path, network: Recommender) -> int:
     return done
 
 
+def _load_budgets(out: Path) -> dict[str, float]:
+    path = out / BUDGETS
+    if not path.exists():
+        return {}
+    saved: dict[str, float] = json.loads(path.read_text(encoding="utf-8"))
+    return saved
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(text, encoding="utf-8")
+    temp.replace(path)
+
+
 def _save_checkpoint(out: Path, network: Recommender, server_round: int) -> None:
     arrays = {k: v.detach().numpy() for k, v in network.state_dict().items()}
     temp = out / f".{CHECKPOINT}.tmp"
@@ -210,10 +268,13 @@ def _save_checkpoint(out: Path, network: Recommender, server_round: int) -> None
 
 
 def _scalars(record: MetricRecord | None) -> dict[str, float] | None:
-    """A metric record's scalar metrics."""
+    """A metric record's scalar metrics, without the weights."""
     if record is None:
         return None
-    return {k: float(v) for k, v in record.items() if isinstance(v, int | float)}
+    weights = ("num-examples", "device-weight")  # what the strategy weighs replies by
+    return {
+        k: float(v) for k, v in record.items() if isinstance(v, int | float) and k not in weights
+    }
 
 
 def _ok(replies: list[Message]) -> list[Message]:
@@ -233,6 +294,28 @@ def _metric(replies: list[Message], name: str) -> list[float]:
 def _mean_metric(replies: list[Message], name: str) -> float | None:
     values = _metric(replies, name)
     return statistics.fmean(values) if values else None
+
+
+def _user_epsilon(
+    settings: FederationSettings, user_noises: list[float], noise: float | None
+) -> float | None:
+    """User-level epsilon after this round (None when the mode is off); ``user_noises`` holds
+    the noise multiplier of every earlier round and gains this one's."""
+    if noise is None:
+        return None
+    user_noises.append(noise)
+    return user_level_epsilon(
+        user_noises, settings.devices, settings.sampled_devices, settings.user_privacy.delta
+    )
+
+
+def _user_noises(out: Path) -> list[float]:
+    """The user-level noise multiplier of every round in ``metrics.jsonl``."""
+    path = out / METRICS
+    if not path.exists():
+        return []
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return [line["user_noise"] for line in lines if line.get("user_noise") is not None]
 
 
 def _epsilons(replies: list[Message]) -> dict[str, float] | None:

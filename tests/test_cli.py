@@ -29,6 +29,8 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         ["bench", "feedback"],
         ["data"],
         ["data", "describe"],
+        ["simulate"],
+        ["privacy-report"],
     ],
 )
 def test_every_command_has_help(command: list[str]) -> None:
@@ -82,3 +84,11 @@ def test_data_export_then_describe(tmp_path: Path, capsys: pytest.CaptureFixture
     assert (out / "items.jsonl").is_file()
     assert main(["data", "describe", str(out)]) == 0
     assert "5 users, 6 items, 20 interactions" in capsys.readouterr().out
+
+
+def test_privacy_report_of_a_folder_that_is_no_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["privacy-report", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "is not a finished fedrec run" in error and "summary.json" in error

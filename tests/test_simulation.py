@@ -3,26 +3,33 @@ validation, checkpoints and bundles, and what devices send (never their texts or
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
+import statistics
 from pathlib import Path
 from typing import Any
 
+import dp_accounting
 import numpy as np
 import pytest
 import torch
+from dp_accounting import rdp
 from flwr.app import Array, Context, Message
 from flwr.clientapp.typing import ClientAppCallable
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from fedrec.client.app import LEDGER_RECORD
 from fedrec.client.store import EncryptedStore
 from fedrec.server.federation import CHECKPOINT
+from fedrec.server.privacy_report import PLOTS, privacy_report
 from fedrec.shared.bundle import load_private_key, verify_bundle
 from fedrec.shared.evaluation.harness import rank_users
 from fedrec.shared.evaluation.metrics import point_estimates
 from fedrec.shared.federated.ledger import PrivacyLedger, epsilon_of
-from fedrec.shared.federated.local import LocalConfig
+from fedrec.shared.federated.local import RDP_ORDERS, LocalConfig
 from fedrec.shared.federated.settings import FederationSettings
+from fedrec.shared.federated.user_level import UserPrivacyConfig
 from fedrec.shared.model.network import ModelConfig, Recommender
 from fedrec.shared.model.training import NetworkRecommender
 from fedrec.simulations import run as simulation_run
@@ -75,6 +82,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
         out=str(out),
         model=ModelConfig(hidden_dim=16, pool_window=5),
         local=LocalConfig(batch_size=8, negatives=10, max_examples=24, context=5),
+        user_privacy=UserPrivacyConfig(enabled=True),
     )
     capture = Capture(out / "captured")
     original = simulation_run.make_client_app
@@ -203,15 +211,55 @@ def test_devices_evaluate_the_global_model_as_the_harness_does(run: Run) -> None
     assert reported["mrr"] > 0
 
 
+def test_the_privacy_report_matches_an_independent_computation(run: Run) -> None:
+    settings, _, out = run
+    privacy_report(out)
+    report = json.loads((out / "privacy.json").read_text())
+    world = load_world(settings.data, settings.devices)
+    independent = []
+    for partition in range(DEVICES):
+        user_id = world.split.dataset.user_ids[world.user_of(partition)]
+        store = EncryptedStore(out / "devices" / user_id, device_key(out, user_id))
+        ledger = PrivacyLedger.from_json(store.get_json(LEDGER_RECORD))
+        accountant = rdp.RdpAccountant(orders=list(RDP_ORDERS))  # Google's, not Opacus'
+        for sigma, q, steps in (e.mechanism for e in ledger.entries):
+            event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
+            accountant.compose(event, steps)
+        independent.append(accountant.get_epsilon(1e-5))
+    record = report["record_level"]
+    assert record["epsilon_max"] == pytest.approx(max(independent), rel=1e-6)
+    assert record["epsilon_median"] == pytest.approx(statistics.median(independent), rel=1e-6)
+    assert (record["delta"], record["accountant"], record["budget"]) == (1e-5, "rdp", 8.0)
+    # user-level: every device every round (q = 1), so each round is the Gaussian mechanism
+    # with sigma / 2 (replace-one); Opacus' RDP analysis, not the code under test
+    user = report["user_level"]
+    assert len(user["noise_multipliers"]) == 2 and user["sampled_per_round"] == DEVICES
+    orders = list(RDP_ORDERS)
+    total = sum(
+        compute_rdp(q=1.0, noise_multiplier=s / 2, steps=1, orders=orders)
+        for s in user["noise_multipliers"]
+    )
+    expected, _ = get_privacy_spent(orders=orders, rdp=total, delta=1e-5)
+    assert user["epsilon"] == pytest.approx(expected, rel=1e-6)
+    assert 7.0 < user["epsilon"] <= 8.0  # the planned noise spends the budget
+    for name in PLOTS:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    text = (out / "privacy.md").read_text()
+    assert f"max {record['epsilon_max']:.4f}" in text and f"{user['epsilon']:.4f}" in text
+
+
 def test_a_restarted_server_resumes_and_devices_out_of_budget_refuse(run: Run) -> None:
     """Run to 4 rounds: devices 1 and 2 spent their budget in rounds 1-2 (planned for 2), so
     they refuse round 3 and the server withholds round 4 from them; device 0 trains on."""
     settings, _, out = run
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert lines[1]["out_of_budget"] == 2  # devices 1 and 2 said so in round 2
-    longer = FederationSettings(**{**settings.__dict__, "rounds": 4})
+    # the operator extends the user-level budget, which the first 2 rounds spent
+    extended = UserPrivacyConfig(enabled=True, target_epsilon=16.0)
+    longer = dataclasses.replace(settings, rounds=4, user_privacy=extended)
     simulation_run.simulate(longer)
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines[1]["user_epsilon"] <= 8.0 < lines[3]["user_epsilon"] <= 16.0
     assert [line["round"] for line in lines] == [1, 2, 3, 4]
     assert lines[2]["failed"] == 0 and lines[2]["dropped"] == 0
     assert (lines[2]["devices"], lines[2]["refused"]) == (DEVICES, 2)  # a new server asks all

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from fedrec.shared.federated.local import LocalConfig, PrivacyConfig
+from fedrec.shared.federated.user_level import UserPrivacyConfig
 from fedrec.shared.model.network import ModelConfig
 
 Strategy = Literal["fedavg", "fedadam"]
@@ -41,6 +42,7 @@ class FederationSettings:
     model: ModelConfig = field(default_factory=federated_model)
     local: LocalConfig = field(default_factory=LocalConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    user_privacy: UserPrivacyConfig = field(default_factory=UserPrivacyConfig)
 
     def __post_init__(self) -> None:
         if self.devices < 2 or self.rounds < 1 or self.bundle_every < 1:
@@ -55,6 +57,11 @@ class FederationSettings:
             raise ValueError(f"bundle-format must be 'fp32' or 'int8', got {self.bundle_format!r}")
         if self.max_update_norm <= 0 or self.server_learning_rate <= 0:
             raise ValueError("max_update_norm and server_learning_rate must be positive")
+
+    @property
+    def sampled_devices(self) -> int:
+        """Devices asked to train each round (Flower's FedAvg: a fraction, at least 2)."""
+        return max(2, round(self.fraction_train * self.devices))
 
     @classmethod
     def for_data(cls, data: str, **overrides: Any) -> FederationSettings:
@@ -99,10 +106,11 @@ class FederationSettings:
             model=ModelConfig(**nested["model"]),
             local=LocalConfig(**nested["local"]),
             privacy=PrivacyConfig(**nested["privacy"]),
+            user_privacy=UserPrivacyConfig(**nested["user_privacy"]),
         )
 
 
-_PREFIX = {"model": "model_", "local": "local_", "privacy": "dp_"}
+_PREFIX = {"model": "model_", "local": "local_", "privacy": "dp_", "user_privacy": "user_dp_"}
 
 #: ``fedrec simulate --data SPEC`` without flags (docs/federated.md gives the figures they
 #: reach): the demo runs every device each round; MovieLens samples a fifth of its 610 devices

@@ -78,6 +78,7 @@ def _train(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     from fedrec.shared.federated.local import PrivacyConfig
     from fedrec.shared.federated.settings import FederationSettings
+    from fedrec.shared.federated.user_level import UserPrivacyConfig
     from fedrec.simulations.run import simulate
 
     given = {
@@ -91,9 +92,13 @@ def _simulate(args: argparse.Namespace) -> int:
         delta=args.delta,
         accountant=args.accountant,
     )
+    user_privacy = UserPrivacyConfig(
+        enabled=args.user_dp, target_epsilon=args.user_epsilon, delta=args.delta
+    )
     settings = FederationSettings.for_data(
         args.data,
         **given,
+        user_privacy=user_privacy,
         strategy=args.strategy,
         out=str(args.out),
         seed=args.seed,
@@ -108,6 +113,22 @@ def _simulate(args: argparse.Namespace) -> int:
         f"{summary['bytes_up_per_device_round'] / 1e6:.2f} MB"
     )
     print(f"wrote {args.out}/metrics.jsonl and {args.out}/summary.json")
+    return 0
+
+
+def _privacy_report(args: argparse.Namespace) -> int:
+    from fedrec.server.privacy_report import PLOTS, REPORT_JSON, REPORT_MD, privacy_report
+
+    run = privacy_report(args.run_dir, tuple(args.compare))
+    record, user = run.record_level, run.user_level
+    if record is not None:
+        print(
+            f"record-level: epsilon max {record['epsilon_max']:.4f}, median "
+            f"{record['epsilon_median']:.4f} at delta {record['delta']} ({record['accountant']})"
+        )
+    if user is not None:
+        print(f"user-level: epsilon {user['epsilon']:.4f} at delta {user['delta']}")
+    print(f"wrote {', '.join(str(args.run_dir / n) for n in (REPORT_JSON, REPORT_MD, *PLOTS))}")
     return 0
 
 
@@ -219,10 +240,37 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--target-epsilon", type=float, default=8.0, help="per-device budget (default: 8)"
     )
-    simulate.add_argument("--delta", type=float, default=1e-5)
+    simulate.add_argument("--delta", type=float, default=1e-5, help="for both DP levels")
+    simulate.add_argument(
+        "--user-dp",
+        action="store_true",
+        help="also user-level DP (DP-FedAvg): the server clips each update and adds noise",
+    )
+    simulate.add_argument(
+        "--user-epsilon", type=float, default=8.0, help="user-level budget (default: 8)"
+    )
     simulate.add_argument("--accountant", choices=["rdp", "prv"], default="rdp")
     simulate.add_argument("--seed", type=int, default=0)
     simulate.set_defaults(run=_simulate)
+
+    report = commands.add_parser(
+        "privacy-report",
+        help="report what privacy each user got in a federated run",
+        description="Write privacy.json, privacy.md and plots (epsilon per round, spent "
+        "budgets, utility against epsilon) into the run folder of `fedrec simulate`.",
+    )
+    report.add_argument(
+        "run_dir", type=Path, metavar="RUN_DIR", help="the --out of `fedrec simulate`"
+    )
+    report.add_argument(
+        "--compare",
+        type=Path,
+        nargs="*",
+        default=[],
+        metavar="RUN_DIR",
+        help="other runs to plot utility against epsilon with",
+    )
+    report.set_defaults(run=_privacy_report)
 
     bench = commands.add_parser(
         "bench", help="run a benchmark", description="Run a benchmark (docs/benchmarks.md)."

@@ -1,0 +1,250 @@
+"""The privacy report of a federated run: what privacy each user got, round by round.
+
+``privacy_report(RUN_DIR)`` reads what the server wrote (``summary.json``, ``metrics.jsonl``,
+``budgets.json``) and writes ``privacy.json``, ``privacy.md`` and three plots into the run
+folder. Two guarantees, reported side by side:
+
+- **record-level** (DP-SGD on each device): one record (one next-item example) of a user is
+  protected; epsilon is each device's own, from its accountant, and differs between devices
+  (their sampling rates and the rounds they trained differ).
+- **user-level** (DP-FedAvg at the server, when on): everything one user contributes is
+  protected, against anyone who sees the published model and item bundles; one figure for
+  the federation.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from fedrec.server.federation import BUDGETS, METRICS, SUMMARY
+from fedrec.shared.federated.settings import FederationSettings
+
+REPORT_JSON = "privacy.json"
+REPORT_MD = "privacy.md"
+PLOTS = ("epsilon_per_round.png", "budgets.png", "utility_vs_epsilon.png")
+
+
+@dataclass(frozen=True)
+class RunPrivacy:
+    """One run's privacy and utility, as ``privacy.json`` holds them."""
+
+    run: str
+    data: str
+    devices: int
+    rounds: int
+    record_level: dict[str, Any] | None
+    user_level: dict[str, Any] | None
+    per_round: list[dict[str, Any]]
+    utility: dict[str, float]
+    ci95: dict[str, list[float]]
+
+
+def read_run(folder: Path) -> RunPrivacy:
+    """The privacy figures of the run in ``folder`` (a clear error when it is not one)."""
+    missing = [name for name in (SUMMARY, METRICS) if not (folder / name).exists()]
+    if missing:
+        raise ValueError(f"{folder} is not a finished fedrec run: it has no {missing}")
+    summary = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
+    settings = FederationSettings.from_run_config(summary["settings"])
+    lines = [
+        json.loads(line)
+        for line in (folder / METRICS).read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+    budgets_file = folder / BUDGETS
+    budgets = json.loads(budgets_file.read_text(encoding="utf-8")) if budgets_file.exists() else {}
+    spent = sorted(float(v) for v in budgets.values())
+    record = None
+    if settings.privacy.enabled and spent:
+        record = {
+            "epsilon_max": spent[-1],
+            "epsilon_median": statistics.median(spent),
+            "epsilon_min": spent[0],
+            "delta": settings.privacy.delta,
+            "accountant": settings.privacy.accountant,
+            "budget": settings.privacy.target_epsilon,
+            "clipping_norm": settings.privacy.max_grad_norm,
+            "devices_reporting": len(spent),
+            "devices_out_of_budget": lines[-1].get("out_of_budget", 0) if lines else 0,
+            "spent": spent,
+        }
+    user = None
+    if settings.user_privacy.enabled:
+        user = {
+            "epsilon": lines[-1]["user_epsilon"],
+            "delta": settings.user_privacy.delta,
+            "noise_multipliers": [line["user_noise"] for line in lines],
+            "clipping_norm": settings.user_privacy.clipping_norm,
+            "devices": settings.devices,
+            "sampled_per_round": settings.sampled_devices,
+        }
+    per_round = [
+        {
+            "round": line["round"],
+            "epsilon": line["epsilon"],
+            "user_epsilon": line.get("user_epsilon"),
+            "hr@10": line["metrics"]["hr@10"],
+            "ndcg@10": line["metrics"]["ndcg@10"],
+        }
+        for line in lines
+    ]
+    return RunPrivacy(
+        run=str(folder),
+        data=settings.data,
+        devices=settings.devices,
+        rounds=len(lines),
+        record_level=record,
+        user_level=user,
+        per_round=per_round,
+        utility={k: summary["metrics"][k] for k in ("hr@10", "ndcg@10")},
+        ci95={k: summary["ci95"][k] for k in ("hr@10", "ndcg@10")},
+    )
+
+
+def privacy_report(folder: Path, compare: tuple[Path, ...] = ()) -> RunPrivacy:
+    """Write the report of the run in ``folder`` (utility against epsilon across it and the
+    ``compare`` runs) into that folder; returns its figures."""
+    run = read_run(folder)
+    others = [read_run(other) for other in compare]
+    (folder / REPORT_JSON).write_text(json.dumps(asdict(run), indent=2) + "\n", encoding="utf-8")
+    (folder / REPORT_MD).write_text(_markdown(run, others), encoding="utf-8")
+    _plot_rounds(run, folder / PLOTS[0])
+    _plot_budgets(run, folder / PLOTS[1])
+    _plot_utility([run, *others], folder / PLOTS[2])
+    return run
+
+
+def _markdown(run: RunPrivacy, others: list[RunPrivacy]) -> str:
+    record, user = run.record_level, run.user_level
+    lines = [
+        f"# Privacy report: {run.run}",
+        "",
+        f"{run.data}, {run.devices} devices, {run.rounds} rounds. "
+        f"HR@10 {run.utility['hr@10']:.4f} {_interval(run.ci95['hr@10'])}, "
+        f"nDCG@10 {run.utility['ndcg@10']:.4f} {_interval(run.ci95['ndcg@10'])}.",
+        "",
+        "| guarantee | protects | epsilon | delta | how |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    if record is None:
+        lines.append("| record-level | (off) | | | |")
+    else:
+        lines.append(
+            f"| record-level (DP-SGD on each device) | one example of a user, against "
+            f"anyone, the server included | max {record['epsilon_max']:.4f}, median "
+            f"{record['epsilon_median']:.4f} (budget {record['budget']}) | {record['delta']} | "
+            f"{record['accountant'].upper()} accountant on each device; clipping norm "
+            f"{record['clipping_norm']} |"
+        )
+    if user is None:
+        lines.append("| user-level | (off) | | | |")
+    else:
+        lines.append(
+            f"| user-level (DP-FedAvg at the server) | everything one user contributes, "
+            f"against anyone who sees the published model and bundles | {user['epsilon']:.4f} "
+            f"| {user['delta']} | {user['sampled_per_round']} of {user['devices']} devices per "
+            f"round, updates clipped to {user['clipping_norm']}, RDP (replace-one) |"
+        )
+    if record is not None:
+        lines += [
+            "",
+            f"{record['devices_reporting']} devices reported a spent budget; "
+            f"{record['devices_out_of_budget']} are out of budget. Every figure is recomputed "
+            "by each device's accountant from its ledger (in its encrypted store).",
+        ]
+    lines += ["", "| round | epsilon min | median | max | user-level | HR@10 |"]
+    lines.append("| --- | --- | --- | --- | --- | --- |")
+    for r in run.per_round:
+        eps = r["epsilon"] or {}
+        user_eps = "" if r["user_epsilon"] is None else f"{r['user_epsilon']:.4f}"
+        lines.append(
+            f"| {r['round']} | {_fmt(eps.get('min'))} | {_fmt(eps.get('median'))} | "
+            f"{_fmt(eps.get('max'))} | {user_eps} | {r['hr@10']:.4f} |"
+        )
+    if others:
+        lines += ["", "Runs compared (utility against epsilon):", ""]
+        for other in [run, *others]:
+            eps = (
+                "no DP"
+                if other.record_level is None
+                else f"{other.record_level['epsilon_max']:.2f}"
+            )
+            lines.append(
+                f"- {other.run}: record-level epsilon {eps}, HR@10 {other.utility['hr@10']:.4f}"
+            )
+    lines += ["", *(f"![{name}]({name})" for name in PLOTS), ""]
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _interval(bounds: list[float]) -> str:
+    return f"[{bounds[0]:.4f}, {bounds[1]:.4f}]"
+
+
+def _plot_rounds(run: RunPrivacy, path: Path) -> None:
+    figure, axes = plt.subplots(figsize=(6, 4))
+    rounds = [r["round"] for r in run.per_round]
+    for key, style in (("max", "-"), ("median", "--"), ("min", ":")):
+        values = [float((r["epsilon"] or {}).get(key, "nan")) for r in run.per_round]
+        if any(v == v for v in values):  # not all NaN (rounds without DP replies)
+            axes.plot(rounds, values, style, marker="o", label=f"record-level, {key} over devices")
+    if run.user_level is not None:
+        user = [r["user_epsilon"] for r in run.per_round]
+        axes.plot(rounds, user, "-", marker="s", color="black", label="user-level")
+    axes.set(xlabel="round", ylabel="epsilon spent", title=f"Privacy spent: {run.data}")
+    axes.legend(fontsize=8)
+    _save(figure, path)
+
+
+def _plot_budgets(run: RunPrivacy, path: Path) -> None:
+    figure, axes = plt.subplots(figsize=(6, 4))
+    spent = [] if run.record_level is None else run.record_level["spent"]
+    if spent:
+        axes.hist(spent, bins=min(30, max(5, len(spent) // 5)))
+        axes.axvline(run.record_level["budget"], color="red", label="budget")  # type: ignore[index]
+        axes.legend(fontsize=8)
+    axes.set(
+        xlabel="record-level epsilon spent at the end",
+        ylabel="devices",
+        title="Spent budgets" if spent else "Spent budgets (record-level DP off)",
+    )
+    _save(figure, path)
+
+
+def _plot_utility(runs: list[RunPrivacy], path: Path) -> None:
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for run in runs:
+        hr = run.utility["hr@10"]
+        if run.record_level is None and run.user_level is None:
+            axes.axhline(hr, linestyle="--", color="grey", label=f"no DP ({hr:.3f})")
+            continue
+        if run.record_level is not None:
+            axes.plot(run.record_level["epsilon_max"], hr, "o", color="tab:blue")
+        if run.user_level is not None:
+            axes.plot(run.user_level["epsilon"], hr, "s", color="black")
+    axes.set(
+        xlabel="epsilon (circles: record-level max; squares: user-level)",
+        ylabel="HR@10",
+        title="Utility against privacy",
+    )
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize=8)
+    _save(figure, path)
+
+
+def _save(figure: Any, path: Path) -> None:
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
