@@ -31,6 +31,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         ["data", "describe"],
         ["simulate"],
         ["privacy-report"],
+        ["privacy-study"],
     ],
 )
 def test_every_command_has_help(command: list[str]) -> None:

@@ -132,6 +132,16 @@ def _privacy_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _privacy_study(args: argparse.Namespace) -> int:
+    from fedrec.shared.federated.settings import FederationSettings
+    from fedrec.simulations.study import privacy_study
+
+    given = {k: v for k, v in (("devices", args.devices), ("rounds", args.rounds)) if v}
+    privacy_study(FederationSettings.for_data(args.data, **given), args.out)
+    print((args.out / "study.md").read_text(encoding="utf-8"))
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     result = args.benchmark(n_items=args.items, seed=args.seed)
     print(result.table())
@@ -271,6 +281,19 @@ def _parser() -> argparse.ArgumentParser:
         help="other runs to plot utility against epsilon with",
     )
     report.set_defaults(run=_privacy_report)
+
+    study = commands.add_parser(
+        "privacy-study",
+        help="utility against epsilon: no DP, record- and user-level DP at epsilon 1, 3, 8",
+        description="Run the same federation without DP and with record-level and user-level "
+        "DP at epsilon 1, 3 and 8; writes every run, its privacy report, OUT/study.json and "
+        "OUT/study.md. Rerun with the same --out to continue an interrupted study.",
+    )
+    study.add_argument("--data", default="demo", metavar="SPEC", help=SPEC_HELP)
+    study.add_argument("--devices", type=int, help="devices (default: per data set)")
+    study.add_argument("--rounds", type=int, help="rounds (default: per data set)")
+    study.add_argument("--out", type=Path, required=True, help="study folder")
+    study.set_defaults(run=_privacy_study)
 
     bench = commands.add_parser(
         "bench", help="run a benchmark", description="Run a benchmark (docs/benchmarks.md)."

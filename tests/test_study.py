@@ -1,0 +1,29 @@
+"""The privacy-utility study's configurations (the runs themselves are simulations)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedrec.shared.federated.settings import FederationSettings
+from fedrec.simulations.study import study_runs
+
+
+def test_the_study_covers_no_dp_and_both_levels_at_each_epsilon(tmp_path: Path) -> None:
+    runs = study_runs((1.0, 3.0))
+    assert [r.name for r in runs] == [
+        "no-dp",
+        "record-eps1",
+        "record-eps3",
+        "user-eps1",
+        "user-eps3",
+    ]
+    base = FederationSettings.for_data("demo", rounds=2)
+    plain, record, user = (runs[0], runs[2], runs[4])
+    settings = plain.settings(base, tmp_path)
+    assert not settings.privacy.enabled and not settings.user_privacy.enabled
+    settings = record.settings(base, tmp_path)
+    assert settings.privacy.enabled and settings.privacy.target_epsilon == 3.0
+    assert not settings.user_privacy.enabled and settings.out == str(tmp_path / "record-eps3")
+    settings = user.settings(base, tmp_path)
+    assert not settings.privacy.enabled and settings.user_privacy.enabled
+    assert settings.user_privacy.target_epsilon == 3.0 and settings.rounds == 2
