@@ -28,6 +28,7 @@ from fedrec.shared.federated.local import PrivacyConfig, RoundPlan, plan_round, 
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.model.network import Recommender
 from fedrec.shared.model.training import NetworkRecommender
+from fedrec.simulations.canaries import make_canaries, plant
 from fedrec.simulations.keys import device_key
 from fedrec.simulations.world import load_world
 
@@ -78,6 +79,11 @@ def train_device(settings: FederationSettings, partition: int, content: RecordDi
     ledger = _ledger(store)
     privacy = settings.privacy
     examples = world.examples(partition, settings.local)
+    if settings.canaries:
+        canaries = make_canaries(
+            world.split.num_items, settings.devices, settings.canaries, settings.seed
+        )
+        examples = plant(examples, canaries, partition, settings.canary_repeats)
     plan = plan_round(len(examples), settings.local, privacy, settings.rounds)
     if privacy.enabled and not _affordable(ledger, plan, privacy):
         logger.info("device %d: round %d would exceed its budget; refused", partition, server_round)

@@ -113,7 +113,7 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
     world = load_world(settings.data, settings.devices)
     torch.manual_seed(settings.seed)
     network = Recommender(settings.model)
-    first = _resume(out, network) + 1
+    first = load_checkpoint(out, network) + 1
     if first == 1:
         (out / METRICS).unlink(missing_ok=True)
         (out / BUDGETS).unlink(missing_ok=True)
@@ -232,8 +232,9 @@ def _signing_key(out: Path) -> Any:
     return load_private_key(path)
 
 
-def _resume(out: Path, network: Recommender) -> int:
-    """Load the checkpoint's weights; the last round it holds (0 without one)."""
+def load_checkpoint(out: Path, network: Recommender) -> int:
+    """Load the run's checkpoint weights into ``network``; the last round it holds (0 without
+    one)."""
     path = out / CHECKPOINT
     if not path.exists():
         return 0

@@ -28,6 +28,8 @@ import matplotlib.pyplot as plt
 from fedrec.server.federation import BUDGETS, METRICS, SUMMARY
 from fedrec.shared.federated.settings import FederationSettings
 
+#: An audit's figures in a run folder (``fedrec.simulations.audit`` writes them).
+AUDIT = "audit.json"
 REPORT_JSON = "privacy.json"
 REPORT_MD = "privacy.md"
 PLOTS = ("epsilon_per_round.png", "budgets.png", "utility_vs_epsilon.png")
@@ -46,6 +48,7 @@ class RunPrivacy:
     per_round: list[dict[str, Any]]
     utility: dict[str, float]
     ci95: dict[str, list[float]]
+    audit: dict[str, Any] | None
 
 
 def read_run(folder: Path) -> RunPrivacy:
@@ -107,6 +110,7 @@ def read_run(folder: Path) -> RunPrivacy:
         per_round=per_round,
         utility={k: summary["metrics"][k] for k in ("hr@10", "ndcg@10")},
         ci95={k: summary["ci95"][k] for k in ("hr@10", "ndcg@10")},
+        audit=json.loads((folder / AUDIT).read_text()) if (folder / AUDIT).exists() else None,
     )
 
 
@@ -170,6 +174,17 @@ def _markdown(run: RunPrivacy, others: list[RunPrivacy]) -> str:
             f"| {r['round']} | {_fmt(eps.get('min'))} | {_fmt(eps.get('median'))} | "
             f"{_fmt(eps.get('max'))} | {user_eps} | {r['hr@10']:.4f} |"
         )
+    if run.audit is not None:
+        audit = run.audit
+        lines += [
+            "",
+            f"Empirical audit ({audit['canaries']} canaries planted {audit['repeats']} times "
+            f"each, as many controls): an attacker who sees the published model tells planted "
+            f"canaries from controls with AUC **{audit['auc']:.3f}** (0.5 is guessing); mean "
+            f"rank of a canary's item {audit['planted_mean_rank']:.0f} planted, "
+            f"{audit['control_mean_rank']:.0f} not. Each canary is {audit['repeats']} records, "
+            "so record-level DP covers it as a group.",
+        ]
     if others:
         lines += ["", "Runs compared (utility against epsilon):", ""]
         for other in [run, *others]:

@@ -32,6 +32,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         ["simulate"],
         ["privacy-report"],
         ["privacy-study"],
+        ["privacy-audit"],
     ],
 )
 def test_every_command_has_help(command: list[str]) -> None:

@@ -25,7 +25,9 @@ def federated_model() -> ModelConfig:
 @dataclass(frozen=True)
 class FederationSettings:
     """One federated run: data and devices, rounds and strategy, local training and DP, and
-    where the server writes its metrics, checkpoints and bundles (``out``)."""
+    where the server writes its metrics, checkpoints and bundles (``out``). ``canaries`` > 0
+    plants that many audit canaries (``fedrec.simulations.audit``), ``canary_repeats`` times
+    each, in the first devices."""
 
     data: str = "demo"
     devices: int = 50
@@ -39,6 +41,8 @@ class FederationSettings:
     bundle_format: BundleFormat = "fp32"
     out: str = "fedrec-run"
     seed: int = 0
+    canaries: int = 0
+    canary_repeats: int = 10
     model: ModelConfig = field(default_factory=federated_model)
     local: LocalConfig = field(default_factory=LocalConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
@@ -57,6 +61,8 @@ class FederationSettings:
             raise ValueError(f"bundle-format must be 'fp32' or 'int8', got {self.bundle_format!r}")
         if self.max_update_norm <= 0 or self.server_learning_rate <= 0:
             raise ValueError("max_update_norm and server_learning_rate must be positive")
+        if not 0 <= self.canaries <= self.devices or self.canary_repeats < 1:
+            raise ValueError("canaries must be in [0, devices] and canary_repeats at least 1")
 
     @property
     def sampled_devices(self) -> int:

@@ -1,0 +1,47 @@
+"""Canaries for the privacy audit: planting, and an attack that finds memorised ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedrec.shared.federated.examples import DeviceExamples
+from fedrec.shared.federated.local import LocalConfig, PrivacyConfig, train_local
+from fedrec.shared.model.network import ModelConfig, Recommender
+from fedrec.simulations.canaries import audit, make_canaries, plant
+
+ITEMS = 40
+SMALL = ModelConfig(feature_dim=12, item_dim=12, hidden_dim=8, pool_window=3, start_events=1)
+NO_ROWS, NO_VALUES = np.zeros((0, 3), dtype=np.int64), np.zeros(0, dtype=np.int64)
+EMPTY = DeviceExamples(NO_ROWS, NO_ROWS, NO_VALUES, NO_VALUES)
+
+
+def test_canaries_are_planted_one_device_each_with_as_many_controls() -> None:
+    canaries = make_canaries(ITEMS, devices=10, count=4, seed=0)
+    assert [c.device for c in canaries] == [0, 1, 2, 3, None, None, None, None]
+    assert all(c.context != c.target for c in canaries)
+    assert canaries == make_canaries(ITEMS, devices=10, count=4, seed=0)
+    with pytest.raises(ValueError, match="canaries must be between 1 and the 10 devices"):
+        make_canaries(ITEMS, devices=10, count=11, seed=0)
+    planted = plant(EMPTY, canaries, device=2, repeats=5)
+    assert len(planted) == 5 and (planted.targets == canaries[2].target).all()
+    assert (planted.rows[:, 0] == canaries[2].context).all() and (planted.lengths == 1).all()
+    assert len(plant(EMPTY, canaries, device=7, repeats=5)) == 0  # a device with none
+
+
+def test_the_attack_tells_memorised_canaries_from_controls() -> None:
+    torch.manual_seed(0)
+    table = torch.randn(ITEMS, 12, generator=torch.Generator().manual_seed(1))
+    canaries = make_canaries(ITEMS, devices=8, count=8, seed=3)
+    network = Recommender(SMALL)
+    before = audit(network, table, canaries)
+    examples = EMPTY
+    for device in range(8):
+        examples = plant(examples, canaries, device, repeats=4)
+    local = LocalConfig(epochs=40, batch_size=8, learning_rate=3e-2, context=3, negatives=10)
+    train_local(network, table, ITEMS, examples, local, PrivacyConfig(enabled=False), 1)
+    after = audit(network, table, canaries)
+    assert (before.planted, before.controls) == (after.planted, after.controls) == (8, 8)
+    assert after.auc > 0.85 > before.auc, (before, after)
+    assert after.planted_mean_rank < after.control_mean_rank
