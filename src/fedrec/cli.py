@@ -81,11 +81,6 @@ def _simulate(args: argparse.Namespace) -> int:
     from fedrec.shared.federated.user_level import UserPrivacyConfig
     from fedrec.simulations.run import simulate
 
-    given = {
-        name: value
-        for name, value in (("devices", args.devices), ("rounds", args.rounds))
-        if value is not None
-    }
     privacy = PrivacyConfig(
         enabled=not args.no_dp,
         target_epsilon=args.target_epsilon,
@@ -97,7 +92,7 @@ def _simulate(args: argparse.Namespace) -> int:
     )
     settings = FederationSettings.for_data(
         args.data,
-        **given,
+        **_given(args),
         user_privacy=user_privacy,
         strategy=args.strategy,
         out=str(args.out),
@@ -136,8 +131,7 @@ def _privacy_study(args: argparse.Namespace) -> int:
     from fedrec.shared.federated.settings import FederationSettings
     from fedrec.simulations.study import privacy_study
 
-    given = {k: v for k, v in (("devices", args.devices), ("rounds", args.rounds)) if v}
-    privacy_study(FederationSettings.for_data(args.data, **given), args.out)
+    privacy_study(FederationSettings.for_data(args.data, **_given(args)), args.out)
     print((args.out / "study.md").read_text(encoding="utf-8"))
     return 0
 
@@ -146,9 +140,8 @@ def _privacy_audit(args: argparse.Namespace) -> int:
     from fedrec.shared.federated.settings import FederationSettings
     from fedrec.simulations.audit import run_audit
 
-    given = {k: v for k, v in (("devices", args.devices), ("rounds", args.rounds)) if v}
     base = FederationSettings.for_data(
-        args.data, **given, canaries=args.canaries, canary_repeats=args.repeats
+        args.data, **_given(args), canaries=args.canaries, canary_repeats=args.repeats
     )
     for name, found in run_audit(base, args.out).items():
         print(
@@ -185,6 +178,20 @@ def _data_export(args: argparse.Namespace) -> int:
     folder = save_folder(dataset, args.out, fmt=args.format)
     print(f"wrote {dataset.describe()} to {folder}")
     return 0
+
+
+def _federation_arguments(parser: argparse.ArgumentParser) -> None:
+    """--data, --devices and --rounds of a federation (defaults per data set)."""
+    parser.add_argument("--data", default="demo", metavar="SPEC", help=SPEC_HELP)
+    parser.add_argument(
+        "--devices", type=int, help="virtual devices, one per user (default: per data set)"
+    )
+    parser.add_argument("--rounds", type=int, help="rounds (default: per data set)")
+
+
+def _given(args: argparse.Namespace) -> dict[str, int]:
+    """The --devices and --rounds given on the command line (the rest are per data set)."""
+    return {k: v for k, v in (("devices", args.devices), ("rounds", args.rounds)) if v is not None}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -256,11 +263,7 @@ def _parser() -> argparse.ArgumentParser:
         "simulation engine with DP-SGD on each device; writes OUT/metrics.jsonl (one line per "
         "round) and OUT/summary.json. Rerun with the same --out to resume after a crash.",
     )
-    simulate.add_argument("--data", default="demo", metavar="SPEC", help=SPEC_HELP)
-    simulate.add_argument(
-        "--devices", type=int, help="virtual devices, one per user (default: per data set)"
-    )
-    simulate.add_argument("--rounds", type=int, help="rounds (default: per data set)")
+    _federation_arguments(simulate)
     simulate.add_argument("--out", type=Path, required=True, help="run folder")
     simulate.add_argument("--strategy", choices=["fedavg", "fedadam"], default="fedavg")
     simulate.add_argument("--no-dp", action="store_true", help="train without DP-SGD")
@@ -306,9 +309,7 @@ def _parser() -> argparse.ArgumentParser:
         "DP at epsilon 1, 3 and 8; writes every run, its privacy report, OUT/study.json and "
         "OUT/study.md. Rerun with the same --out to continue an interrupted study.",
     )
-    study.add_argument("--data", default="demo", metavar="SPEC", help=SPEC_HELP)
-    study.add_argument("--devices", type=int, help="devices (default: per data set)")
-    study.add_argument("--rounds", type=int, help="rounds (default: per data set)")
+    _federation_arguments(study)
     study.add_argument("--out", type=Path, required=True, help="study folder")
     study.set_defaults(run=_privacy_study)
 
@@ -319,9 +320,7 @@ def _parser() -> argparse.ArgumentParser:
         "federation without DP and with record-level DP, and measure how well an attacker "
         "who sees the published model tells planted canaries from controls (docs/privacy.md).",
     )
-    audit.add_argument("--data", default="demo", metavar="SPEC", help=SPEC_HELP)
-    audit.add_argument("--devices", type=int, help="devices (default: per data set)")
-    audit.add_argument("--rounds", type=int, help="rounds (default: per data set)")
+    _federation_arguments(audit)
     audit.add_argument("--canaries", type=int, default=20, help="planted (and as many controls)")
     audit.add_argument("--repeats", type=int, default=10, help="examples per planted canary")
     audit.add_argument("--out", type=Path, required=True, help="audit folder")
