@@ -119,15 +119,7 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
         (out / BUDGETS).unlink(missing_ok=True)
     spent = _load_budgets(out)
     user_noises = _user_noises(out)
-    noise = None
-    if settings.user_privacy.enabled:
-        noise = plan_user_noise(
-            settings.user_privacy,
-            settings.devices,
-            settings.sampled_devices,
-            settings.rounds - len(user_noises),
-            tuple(user_noises),
-        )
+    noise = user_level_noise(settings)
     validated = ValidatedStrategy(make_strategy(settings, noise), settings.max_update_norm)
     strategy = BudgetStrategy(validated)
     key = _signing_key(out)
@@ -295,6 +287,22 @@ def _metric(replies: list[Message], name: str) -> list[float]:
 def _mean_metric(replies: list[Message], name: str) -> float | None:
     values = _metric(replies, name)
     return statistics.fmean(values) if values else None
+
+
+def user_level_noise(settings: FederationSettings) -> float | None:
+    """The server's noise multiplier for the rounds still to run under user-level DP (None
+    when off), planned around the rounds already in the run folder; a ValueError when they
+    leave no budget for more."""
+    if not settings.user_privacy.enabled:
+        return None
+    spent = _user_noises(Path(settings.out))
+    return plan_user_noise(
+        settings.user_privacy,
+        settings.devices,
+        settings.sampled_devices,
+        settings.rounds - len(spent),
+        tuple(spent),
+    )
 
 
 def _user_epsilon(

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from fedrec.shared.federated.local import LocalConfig
 from fedrec.shared.federated.settings import FederationSettings
+from fedrec.shared.federated.user_level import UserPrivacyConfig
+from fedrec.simulations.run import simulate
 
 
 def test_each_data_set_has_its_documented_defaults() -> None:
@@ -26,3 +31,15 @@ def test_run_config_round_trip_and_unknown_keys() -> None:
         FederationSettings.from_run_config({"rounds-typo": 3})
     with pytest.raises(ValueError, match="fraction_evaluate must be in"):
         FederationSettings(fraction_evaluate=1.5)
+
+
+def test_a_resumed_run_without_user_level_budget_fails_before_it_starts(tmp_path: Path) -> None:
+    settings = FederationSettings(
+        devices=3, rounds=3, out=str(tmp_path), user_privacy=UserPrivacyConfig(enabled=True)
+    )
+    # two rounds already run with little noise: their epsilon is far above 8
+    lines = [{"round": r, "user_noise": 0.5} for r in (1, 2)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(ValueError, match=r"the 2 rounds already run leave no user-level budget"):
+        simulate(settings)
+    assert not (tmp_path / "summary.json").exists()

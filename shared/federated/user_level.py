@@ -75,7 +75,10 @@ def plan_user_noise(
         return user_level_epsilon([*spent, *[noise] * rounds], population, sampled, config.delta)
 
     if epsilon(1e6) > config.target_epsilon:
-        raise ValueError("the rounds already run leave no user-level budget for more")
+        raise ValueError(
+            f"the {len(spent)} rounds already run leave no user-level budget (epsilon "
+            f"{config.target_epsilon}) for {rounds} more"
+        )
     low, high = 0.0, 1.0
     while epsilon(high) > config.target_epsilon:
         low, high = high, high * 2
