@@ -97,7 +97,7 @@ def train_device(settings: FederationSettings, partition: int, content: RecordDi
         examples,
         settings.local,
         privacy,
-        planned_rounds=settings.rounds,
+        plan=plan,
         accountant_state=ledger.accountant_state(privacy.accountant),
         seed=settings.seed * 1_000_003 + server_round * 1009 + partition,
     )

@@ -118,8 +118,8 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
         (out / METRICS).unlink(missing_ok=True)
         (out / BUDGETS).unlink(missing_ok=True)
     spent = _load_budgets(out)
-    user_noises = _user_noises(out)
-    noise = user_level_noise(settings)
+    user_noises = recorded_user_noises(out)
+    noise = user_level_noise(settings, user_noises)
     validated = ValidatedStrategy(make_strategy(settings, noise), settings.max_update_norm)
     strategy = BudgetStrategy(validated)
     key = _signing_key(out)
@@ -132,6 +132,8 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
             )
             break
         tic = time.perf_counter()
+        if noise is not None:
+            user_noises.append(noise)
         messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
         replies = list(grid.send_and_receive(messages, timeout=3600)) if messages else []
         dropped_before, refused_before = len(validated.dropped), len(strategy.refused)
@@ -159,7 +161,7 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
             devices_evaluated=len(_ok(answers)),
             epsilon=_epsilons(replies),
             user_noise=noise,
-            user_epsilon=_user_epsilon(settings, user_noises, noise),
+            user_epsilon=None if noise is None else _user_epsilon(settings, user_noises),
             bytes_up=sum(_nbytes(r.content.array_records.get("arrays")) for r in _ok(replies)),
             bytes_down=_nbytes(arrays) * len(messages),
         )
@@ -289,13 +291,12 @@ def _mean_metric(replies: list[Message], name: str) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def user_level_noise(settings: FederationSettings) -> float | None:
+def user_level_noise(settings: FederationSettings, spent: list[float]) -> float | None:
     """The server's noise multiplier for the rounds still to run under user-level DP (None
-    when off), planned around the rounds already in the run folder; a ValueError when they
-    leave no budget for more."""
+    when off), planned around the noise multipliers ``spent`` of the rounds already run; a
+    ValueError when they leave no budget for more."""
     if not settings.user_privacy.enabled:
         return None
-    spent = _user_noises(Path(settings.out))
     return plan_user_noise(
         settings.user_privacy,
         settings.devices,
@@ -305,21 +306,15 @@ def user_level_noise(settings: FederationSettings) -> float | None:
     )
 
 
-def _user_epsilon(
-    settings: FederationSettings, user_noises: list[float], noise: float | None
-) -> float | None:
-    """User-level epsilon after this round (None when the mode is off); ``user_noises`` holds
-    the noise multiplier of every earlier round and gains this one's."""
-    if noise is None:
-        return None
-    user_noises.append(noise)
+def _user_epsilon(settings: FederationSettings, noises: list[float]) -> float:
+    """User-level epsilon after rounds with these noise multipliers."""
     return user_level_epsilon(
-        user_noises, settings.devices, settings.sampled_devices, settings.user_privacy.delta
+        noises, settings.devices, settings.sampled_devices, settings.user_privacy.delta
     )
 
 
-def _user_noises(out: Path) -> list[float]:
-    """The user-level noise multiplier of every round in ``metrics.jsonl``."""
+def recorded_user_noises(out: Path) -> list[float]:
+    """The user-level noise multiplier of every round in the run folder's ``metrics.jsonl``."""
     path = out / METRICS
     if not path.exists():
         return []

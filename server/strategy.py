@@ -22,13 +22,43 @@ def record_arrays(record: ArrayRecord) -> dict[str, npt.NDArray[np.generic]]:
     return {name: array.numpy() for name, array in record.items()}
 
 
-class ValidatedStrategy(Strategy):
+class WrappedStrategy(Strategy):
+    """A strategy that hands everything to ``inner``; wrappers override what they change."""
+
+    def __init__(self, inner: Strategy) -> None:
+        self.inner = inner
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return self.inner.aggregate_train(server_round, replies)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+
+class ValidatedStrategy(WrappedStrategy):
     """Delegates to ``inner``; a training reply whose arrays have the wrong names, shapes or
     dtypes, non-finite values, an update norm above ``max_update_norm``, or no valid example
     count is dropped with a logged reason (and kept in ``dropped``) before ``inner`` sees it."""
 
     def __init__(self, inner: Strategy, max_update_norm: float) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.max_update_norm = max_update_norm
         self.dropped: list[tuple[int, int, str]] = []  # (round, node, reason)
         self._reference: dict[str, npt.NDArray[np.generic]] = {}
@@ -66,22 +96,12 @@ class ValidatedStrategy(Strategy):
         arrays = record_arrays(content.array_records["arrays"])
         return update_problem(self._reference, arrays, self.max_update_norm)
 
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, replies)
-
     def summary(self) -> None:
         logger.info("updates validated (max update norm %s), then:", self.max_update_norm)
         self.inner.summary()
 
 
-class BudgetStrategy(Strategy):
+class BudgetStrategy(WrappedStrategy):
     """Delegates to ``inner`` and keeps devices that have spent their privacy budget out.
 
     A device says in its training reply whether it can afford another round
@@ -91,14 +111,14 @@ class BudgetStrategy(Strategy):
     devices say it again, by refusing."""
 
     def __init__(self, inner: Strategy) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.exhausted: set[int] = set()
         self.refused: list[tuple[int, int]] = []  # (round, node)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        messages = self.inner.configure_train(server_round, arrays, config, grid)
+        messages = super().configure_train(server_round, arrays, config, grid)
         return [m for m in messages if m.metadata.dst_node_id not in self.exhausted]
 
     def aggregate_train(
@@ -118,16 +138,6 @@ class BudgetStrategy(Strategy):
                 continue
             kept.append(reply)
         return self.inner.aggregate_train(server_round, kept)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, replies)
 
     def summary(self) -> None:
         logger.info("devices out of privacy budget: %d", len(self.exhausted))

@@ -12,7 +12,7 @@ from flwr.simulation import run_simulation
 
 from fedrec.client.app import make_client_app
 from fedrec.server.app import make_server_app
-from fedrec.server.federation import SUMMARY, user_level_noise
+from fedrec.server.federation import SUMMARY, recorded_user_noises, user_level_noise
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.simulations.world import load_world
 
@@ -20,7 +20,8 @@ from fedrec.simulations.world import load_world
 def simulate(settings: FederationSettings, cpus_per_device: int = 1) -> dict[str, Any]:
     """Run the federation ``settings`` describes (resuming from its checkpoint, if any)."""
     load_world(settings.data, settings.devices)  # fail early on bad data, warm the caches
-    user_level_noise(settings)  # fail early when a resumed run has no user-level budget left
+    # fail early when a resumed run has no user-level budget left
+    user_level_noise(settings, recorded_user_noises(Path(settings.out)))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     run_simulation(
         server_app=make_server_app(settings),

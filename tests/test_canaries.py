@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fedrec.shared.federated.examples import DeviceExamples
-from fedrec.shared.federated.local import LocalConfig, PrivacyConfig, train_local
+from fedrec.shared.federated.local import LocalConfig, PrivacyConfig, plan_round, train_local
 from fedrec.shared.model.network import ModelConfig, Recommender
 from fedrec.simulations.canaries import audit, make_canaries, plant
 
@@ -40,7 +40,10 @@ def test_the_attack_tells_memorised_canaries_from_controls() -> None:
     for device in range(8):
         examples = plant(examples, canaries, device, repeats=4)
     local = LocalConfig(epochs=40, batch_size=8, learning_rate=3e-2, context=3, negatives=10)
-    train_local(network, table, ITEMS, examples, local, PrivacyConfig(enabled=False), 1)
+    off = PrivacyConfig(enabled=False)
+    train_local(
+        network, table, ITEMS, examples, local, off, plan_round(len(examples), local, off, 1)
+    )
     after = audit(network, table, canaries)
     assert (before.planted, before.controls) == (after.planted, after.controls) == (8, 8)
     assert after.auc > 0.85 > before.auc, (before, after)

@@ -11,12 +11,13 @@ import torch
 from dp_accounting import rdp
 
 from fedrec.shared.data.dataset import Interactions, UserTexts
-from fedrec.shared.federated.examples import device_examples
+from fedrec.shared.federated.examples import DeviceExamples, device_examples
 from fedrec.shared.federated.ledger import LedgerEntry, PrivacyLedger, epsilon_of
 from fedrec.shared.federated.local import (
     RDP_ORDERS,
     LocalConfig,
     PrivacyConfig,
+    RoundPlan,
     plan_round,
     train_local,
 )
@@ -26,6 +27,7 @@ from fedrec.shared.model.network import ModelConfig, Recommender
 SMALL = ModelConfig(feature_dim=12, item_dim=12, hidden_dim=8, pool_window=3, start_events=2)
 ITEMS = 30
 LOCAL = LocalConfig(batch_size=4, context=4, negatives=5, learning_rate=1e-2)
+OFF = PrivacyConfig(enabled=False)
 
 
 def sequences(events: int = 24):
@@ -43,6 +45,11 @@ def sequences(events: int = 24):
         items=np.full(1, -1, dtype=np.int64),
     )
     return build_sequences(1, ITEMS, interactions, texts)
+
+
+def plan(examples: DeviceExamples, privacy: PrivacyConfig, rounds: int) -> RoundPlan:
+    """The round a device with ``examples`` trains, planned for ``rounds`` rounds."""
+    return plan_round(len(examples), LOCAL, privacy, rounds)
 
 
 def table() -> torch.Tensor:
@@ -71,15 +78,13 @@ def test_training_without_dp_updates_the_network_in_place() -> None:
     network = Recommender(SMALL)
     before = {k: v.clone() for k, v in network.state_dict().items()}
     examples = device_examples(sequences(), 0, 4, 100)
-    first = train_local(network, table(), ITEMS, examples, LOCAL, PrivacyConfig(enabled=False), 1)
+    first = train_local(network, table(), ITEMS, examples, LOCAL, OFF, plan(examples, OFF, 1))
     assert first.epsilon is None and first.accountant_state is None
     assert first.num_examples == len(examples)
     changed = [k for k, v in network.state_dict().items() if not torch.equal(v, before[k])]
     assert "users.lstm.weight_ih_l0" in changed and "items.project.weight" in changed
     for _ in range(5):
-        last = train_local(
-            network, table(), ITEMS, examples, LOCAL, PrivacyConfig(enabled=False), 1
-        )
+        last = train_local(network, table(), ITEMS, examples, LOCAL, OFF, plan(examples, OFF, 1))
     assert last.loss < first.loss
 
 
@@ -97,9 +102,10 @@ def test_dp_rounds_accumulate_epsilon_within_the_planned_budget() -> None:
     examples = device_examples(sequences(), 0, 4, 100)
     privacy = PrivacyConfig(target_epsilon=3.0, delta=1e-5)
     state, epsilons = None, []
+    planned = plan(examples, privacy, 3)
     for round_ in range(3):
         result = train_local(
-            network, table(), ITEMS, examples, LOCAL, privacy, 3, state, seed=round_
+            network, table(), ITEMS, examples, LOCAL, privacy, planned, state, seed=round_
         )
         assert result.noise_multiplier is not None and result.noise_multiplier > 0.5
         state = result.accountant_state
@@ -118,7 +124,9 @@ def test_dp_rounds_accumulate_epsilon_within_the_planned_budget() -> None:
 def test_fixed_noise_and_the_prv_accountant() -> None:
     examples = device_examples(sequences(), 0, 4, 100)
     privacy = PrivacyConfig(noise_multiplier=2.0, accountant="prv")
-    result = train_local(Recommender(SMALL), table(), ITEMS, examples, LOCAL, privacy, 1)
+    result = train_local(
+        Recommender(SMALL), table(), ITEMS, examples, LOCAL, privacy, plan(examples, privacy, 1)
+    )
     assert result.noise_multiplier == 2.0
     assert result.accountant_state is not None and result.accountant_state["mechanism"] == "prv"
     assert result.epsilon is not None and 0 < result.epsilon < 2
@@ -133,17 +141,29 @@ def test_bad_configs_and_an_empty_device() -> None:
         LocalConfig(negatives=0)
     empty = device_examples(sequences(1), 0, 4, 100)
     with pytest.raises(ValueError, match="no examples"):
-        train_local(Recommender(SMALL), table(), ITEMS, empty, LOCAL, PrivacyConfig(), 1)
+        plan_round(len(empty), LOCAL, OFF, 1)
+    with pytest.raises(ValueError, match="no examples"):
+        train_local(
+            Recommender(SMALL), table(), ITEMS, empty, LOCAL, OFF, plan_round(9, LOCAL, OFF, 1)
+        )
 
 
 def test_the_plan_matches_what_opacus_samples_and_steps() -> None:
     examples = device_examples(sequences(23), 0, 4, 100)  # 23 examples, batches of 4: 6 batches
-    plan = plan_round(len(examples), LOCAL, PrivacyConfig(), planned_rounds=2)
-    assert (plan.batch_size, plan.sample_rate, plan.steps) == (4, 1 / 6, LOCAL.epochs * 6)
-    result = train_local(Recommender(SMALL), table(), ITEMS, examples, LOCAL, PrivacyConfig(), 2)
-    assert result.steps == plan.steps and result.sample_rate == plan.sample_rate
+    round_plan = plan_round(len(examples), LOCAL, PrivacyConfig(), planned_rounds=2)
+    assert (round_plan.batch_size, round_plan.sample_rate, round_plan.steps) == (
+        4,
+        1 / 6,
+        LOCAL.epochs * 6,
+    )
+    result = train_local(
+        Recommender(SMALL), table(), ITEMS, examples, LOCAL, PrivacyConfig(), round_plan
+    )
+    assert result.steps == round_plan.steps and result.sample_rate == round_plan.sample_rate
     assert result.accountant_state is not None
-    assert result.accountant_state["history"] == [[plan.noise_multiplier, 1 / 6, plan.steps]]
+    assert result.accountant_state["history"] == [
+        [round_plan.noise_multiplier, 1 / 6, round_plan.steps]
+    ]
 
 
 def test_the_ledger_recomputes_epsilon_and_round_trips() -> None:

@@ -147,6 +147,8 @@ def plan_round(
 ) -> RoundPlan:
     """The round a device with ``num_examples`` examples trains: the noise is the smallest
     that keeps ``planned_rounds`` such rounds within the privacy target."""
+    if num_examples < 1:
+        raise ValueError("this device has no examples to train on")
     batch = min(local.batch_size, num_examples)
     batches = math.ceil(num_examples / batch)
     steps = local.epochs * batches
@@ -163,13 +165,14 @@ def train_local(
     examples: DeviceExamples,
     local: LocalConfig,
     privacy: PrivacyConfig,
-    planned_rounds: int,
+    plan: RoundPlan,
     accountant_state: dict[str, Any] | None = None,
     seed: int = 0,
 ) -> LocalResult:
-    """Train ``network`` in place on ``examples`` for one round; ``table`` holds the item
-    features (rows ``0..num_items-1``) and then the device's text features. Under DP, the
-    accountant continues from ``accountant_state`` (the device's saved state)."""
+    """Train ``network`` in place on ``examples`` for one round as ``plan`` (``plan_round``)
+    says; ``table`` holds the item features (rows ``0..num_items-1``) and then the device's
+    text features. Under DP, the accountant continues from ``accountant_state`` (the device's
+    saved state)."""
     if len(examples) == 0:
         raise ValueError("this device has no examples to train on")
     generator = torch.Generator().manual_seed(seed)
@@ -177,7 +180,6 @@ def train_local(
         *(torch.from_numpy(a) for a in (examples.rows, examples.types, examples.lengths)),
         torch.from_numpy(examples.targets),
     )
-    plan = plan_round(len(examples), local, privacy, planned_rounds)
     loader = DataLoader(data, batch_size=plan.batch_size, shuffle=True, generator=generator)
     trained = copy.deepcopy(network).train()
     scorer: nn.Module = ExampleScorer(trained, table)
