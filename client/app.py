@@ -84,7 +84,7 @@ def train_device(settings: FederationSettings, partition: int, content: RecordDi
             world.split.num_items, settings.devices, settings.canaries, settings.seed
         )
         examples = plant(examples, canaries, partition, settings.canary_repeats)
-    plan = plan_round(len(examples), settings.local, privacy, settings.rounds)
+    plan = plan_round(len(examples), settings.local, privacy, settings.planned_participations)
     if privacy.enabled and not _affordable(ledger, plan, privacy):
         logger.info("device %d: round %d would exceed its budget; refused", partition, server_round)
         refusal = {"num-examples": 0, "epsilon": ledger.spent, "device-weight": 1}

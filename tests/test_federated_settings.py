@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -18,10 +19,33 @@ def test_each_data_set_has_its_documented_defaults() -> None:
     assert (demo.devices, demo.rounds, demo.fraction_train) == (50, 5, 1.0)
     movielens = FederationSettings.for_data("movielens:/data/ml-latest-small")
     assert movielens.data == "movielens:/data/ml-latest-small"
-    assert (movielens.devices, movielens.rounds, movielens.fraction_train) == (610, 15, 0.2)
+    assert (movielens.devices, movielens.rounds, movielens.fraction_train) == (610, 25, 0.2)
     assert movielens.local == LocalConfig(max_examples=128)
     assert FederationSettings.for_data("some/folder", rounds=2).rounds == 2
     assert FederationSettings.for_data("movielens:x", devices=10).devices == 10
+
+
+def _more_than(planned: int, rounds: int, share: float) -> float:
+    """P(a device is sampled in more than ``planned`` of ``rounds`` rounds)."""
+    return sum(
+        math.comb(rounds, k) * share**k * (1 - share) ** (rounds - k)
+        for k in range(planned + 1, rounds + 1)
+    )
+
+
+def test_devices_plan_noise_for_the_rounds_they_are_expected_to_join() -> None:
+    movielens = FederationSettings.for_data("movielens:x")  # 122 of 610 a round, 25 rounds
+    assert movielens.planned_participations == 9  # mean 5, deviation 2: 5 + 2 * 2
+    share = movielens.sampled_devices / movielens.devices
+    assert _more_than(9, 25, share) < 0.05 < _more_than(7, 25, share)
+    tight = FederationSettings.for_data("movielens:x", participation_margin=0.0)
+    assert tight.planned_participations == 5
+    everyone = FederationSettings.for_data("demo")  # every device trains every round
+    assert everyone.planned_participations == everyone.rounds == 5
+    capped = FederationSettings(devices=10, rounds=3, fraction_train=0.5, participation_margin=10)
+    assert capped.planned_participations == 3
+    with pytest.raises(ValueError, match="participation_margin must be in"):
+        FederationSettings(participation_margin=-1.0)
 
 
 def test_run_config_round_trip_and_unknown_keys() -> None:

@@ -4,6 +4,7 @@ in pyproject.toml, overridden by ``flwr run --run-config`` or ``fedrec simulate`
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
@@ -25,7 +26,9 @@ def federated_model() -> ModelConfig:
 @dataclass(frozen=True)
 class FederationSettings:
     """One federated run: data and devices, rounds and strategy, local training and DP, and
-    where the server writes its metrics, checkpoints and bundles (``out``). ``canaries`` > 0
+    where the server writes its metrics, checkpoints and bundles (``out``). A device plans its
+    DP noise for ``participation_margin`` standard deviations above the number of rounds it
+    is expected to be sampled for (``planned_participations``). ``canaries`` > 0
     plants that many audit canaries (``fedrec.simulations.audit``), ``canary_repeats`` times
     each, in the first devices."""
 
@@ -34,6 +37,7 @@ class FederationSettings:
     rounds: int = 5
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
+    participation_margin: float = 2.0
     strategy: Strategy = "fedavg"
     server_learning_rate: float = 1e-2
     max_update_norm: float = 50.0
@@ -61,6 +65,10 @@ class FederationSettings:
             raise ValueError(f"bundle-format must be 'fp32' or 'int8', got {self.bundle_format!r}")
         if self.max_update_norm <= 0 or self.server_learning_rate <= 0:
             raise ValueError("max_update_norm and server_learning_rate must be positive")
+        if not 0 <= self.participation_margin <= 10:
+            raise ValueError(
+                f"participation_margin must be in [0, 10], got {self.participation_margin}"
+            )
         if not 0 <= self.canaries <= self.devices or self.canary_repeats < 1:
             raise ValueError("canaries must be in [0, devices] and canary_repeats at least 1")
 
@@ -68,6 +76,19 @@ class FederationSettings:
     def sampled_devices(self) -> int:
         """Devices asked to train each round (Flower's FedAvg: a fraction, at least 2)."""
         return max(2, round(self.fraction_train * self.devices))
+
+    @property
+    def planned_participations(self) -> int:
+        """Rounds a device plans its DP noise for. Sampled with probability p = sampled/devices
+        in each of R rounds, it trains a binomial number of them: mean R p, deviation
+        sqrt(R p (1 - p)). The plan is the mean plus ``participation_margin`` deviations, at
+        most R; a device sampled more often refuses once its budget is spent."""
+        share = self.sampled_devices / self.devices
+        if share >= 1:
+            return self.rounds
+        mean = self.rounds * share
+        spread = math.sqrt(mean * (1 - share))
+        return min(self.rounds, math.ceil(mean + self.participation_margin * spread - 1e-9))
 
     @classmethod
     def for_data(cls, data: str, **overrides: Any) -> FederationSettings:
@@ -120,12 +141,13 @@ _PREFIX = {"model": "model_", "local": "local_", "privacy": "dp_", "user_privacy
 
 #: ``fedrec simulate --data SPEC`` without flags (docs/federated.md gives the figures they
 #: reach): the demo runs every device each round; MovieLens samples a fifth of its 610 devices
-#: per round and caps each device's examples at its latest 128, to finish in an hour on 2 cores.
+#: per round for 25 rounds and caps each device's examples at its latest 128, to finish in an
+#: hour on 2 cores.
 DATA_DEFAULTS: dict[str, dict[str, Any]] = {
     "demo": {"devices": 50, "rounds": 5},
     "movielens": {
         "devices": 610,
-        "rounds": 15,
+        "rounds": 25,
         "fraction_train": 0.2,
         "fraction_evaluate": 0.1,
         "local": LocalConfig(max_examples=128),

@@ -60,7 +60,7 @@ def _train(args: argparse.Namespace) -> int:
     )
     result, recommender = run_central(
         args.data,
-        ModelConfig(hidden_dim=args.hidden),
+        ModelConfig(hidden_dim=args.hidden, item_rank=args.item_rank),
         training,
         EncoderConfig(max_length=args.max_length),
         EvaluationConfig(resamples=args.resamples, seed=args.seed),
@@ -246,6 +246,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-users", type=int, default=defaults.batch_users)
     train.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     train.add_argument("--hidden", type=int, default=ModelConfig().hidden_dim, help="LSTM size")
+    train.add_argument(
+        "--item-rank",
+        type=int,
+        default=ModelConfig().item_rank,
+        help="rank of the item tower's trainable part (0: the whole linear map)",
+    )
     train.add_argument(
         "--max-length",
         type=int,
