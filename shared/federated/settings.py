@@ -83,9 +83,7 @@ class FederationSettings:
         in each of R rounds, it trains a binomial number of them: mean R p, deviation
         sqrt(R p (1 - p)). The plan is the mean plus ``participation_margin`` deviations, at
         most R; a device sampled more often refuses once its budget is spent."""
-        share = self.sampled_devices / self.devices
-        if share >= 1:
-            return self.rounds
+        share = self.sampled_devices / self.devices  # 1 when all train: the plan is then R
         mean = self.rounds * share
         spread = math.sqrt(mean * (1 - share))
         return min(self.rounds, math.ceil(mean + self.participation_margin * spread - 1e-9))
