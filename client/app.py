@@ -1,10 +1,11 @@
 """The Flower ClientApp: one device's private training round, and its evaluation.
 
-The device trains the global weights on its own examples with DP-SGD and replies with the new
-weights, its example count, its loss and the epsilon it has spent. Its texts, events and
-interest vector never enter the reply. Its privacy ledger (every round's epsilon and the
-parameters behind it) lives in its encrypted store, so the spent budget carries over between
-rounds and restarts, and the device refuses a round that would take it past its budget.
+The device trains the global weights (the parts the federation trains) on its own examples
+with DP-SGD and replies with their new values, its example count, its loss and the epsilon it
+has spent. Its texts, events and interest vector never enter the reply. Its privacy ledger
+(every round's epsilon and the parameters behind it) lives in its encrypted store, so the
+spent budget carries over between rounds and restarts, and the device refuses a round that
+would take it past its budget.
 
 To evaluate, the device ranks the catalog for itself with the global weights and replies with
 only the metrics of its held-out item (HR@10, nDCG@10, MRR), which the server averages.
@@ -25,8 +26,9 @@ from fedrec.shared.evaluation.harness import rank_users
 from fedrec.shared.evaluation.metrics import point_estimates
 from fedrec.shared.federated.ledger import LedgerEntry, PrivacyLedger, epsilon_of
 from fedrec.shared.federated.local import PrivacyConfig, RoundPlan, plan_round, train_local
+from fedrec.shared.federated.records import FROZEN_RECORD
 from fedrec.shared.federated.settings import FederationSettings
-from fedrec.shared.model.network import Recommender
+from fedrec.shared.model.network import Recommender, trained_names
 from fedrec.shared.model.training import NetworkRecommender
 from fedrec.simulations.canaries import make_canaries, plant
 from fedrec.simulations.keys import device_key
@@ -60,8 +62,13 @@ def make_client_app(
 
 
 def _global_network(settings: FederationSettings, content: RecordDict) -> Recommender:
+    """The global weights: the parts the federation trains (``arrays``) and, when it trains
+    only some, the frozen rest (``frozen``, from ``FrozenPartsStrategy``)."""
     network = Recommender(settings.model)
-    network.load_state_dict(content.array_records["arrays"].to_torch_state_dict())
+    state = content.array_records["arrays"].to_torch_state_dict()
+    if FROZEN_RECORD in content.array_records:
+        state.update(content.array_records[FROZEN_RECORD].to_torch_state_dict())
+    network.load_state_dict(state)
     return network
 
 
@@ -125,8 +132,11 @@ def train_device(settings: FederationSettings, partition: int, content: RecordDi
             "device-weight": 1,  # equal weights under user-level DP
         }
     )
-    arrays = ArrayRecord(network.state_dict())
-    return RecordDict({"arrays": arrays, "metrics": metrics})
+    state = network.state_dict()
+    trained = ArrayRecord(
+        {name: state[name] for name in trained_names(network, settings.local.trained)}
+    )
+    return RecordDict({"arrays": trained, "metrics": metrics})
 
 
 def _ledger(store: EncryptedStore) -> PrivacyLedger:

@@ -28,7 +28,12 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from fedrec.server.strategy import BudgetStrategy, ValidatedStrategy, record_arrays
+from fedrec.server.strategy import (
+    BudgetStrategy,
+    FrozenPartsStrategy,
+    ValidatedStrategy,
+    record_arrays,
+)
 from fedrec.shared.bundle import (
     ItemBundle,
     generate_signing_key,
@@ -39,7 +44,7 @@ from fedrec.shared.bundle import (
 from fedrec.shared.evaluation.harness import EvaluationConfig, evaluate
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.federated.user_level import plan_user_noise, user_level_epsilon
-from fedrec.shared.model.network import Recommender
+from fedrec.shared.model.network import Recommender, trained_names
 from fedrec.shared.model.training import NetworkRecommender
 from fedrec.shared.quantization import quantize_int8
 from fedrec.simulations.keys import ensure_secret
@@ -120,10 +125,10 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
     spent = _load_budgets(out)
     user_noises = recorded_user_noises(out)
     noise = user_level_noise(settings, user_noises)
+    arrays, frozen = split_trained(network, settings.local.trained)
     validated = ValidatedStrategy(make_strategy(settings, noise), settings.max_update_norm)
-    strategy = BudgetStrategy(validated)
+    strategy = BudgetStrategy(FrozenPartsStrategy(validated, frozen))
     key = _signing_key(out)
-    arrays = ArrayRecord(network.state_dict())
     result: dict[str, Any] = {}
     for server_round in range(first, settings.rounds + 1):
         if len(strategy.exhausted) >= settings.devices:
@@ -140,7 +145,8 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
         aggregated, _ = strategy.aggregate_train(server_round, replies)
         if aggregated is not None:
             arrays = aggregated
-            network.load_state_dict(arrays.to_torch_state_dict())
+            state = {**frozen.to_torch_state_dict(), **arrays.to_torch_state_dict()}
+            network.load_state_dict(state)
         evaluation = evaluate(_scorer(network, world), world.split, EvaluationConfig(resamples=200))
         asked = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
         answers = list(grid.send_and_receive(asked, timeout=3600)) if asked else []
@@ -163,7 +169,7 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
             user_noise=noise,
             user_epsilon=None if noise is None else _user_epsilon(settings, user_noises),
             bytes_up=sum(_nbytes(r.content.array_records.get("arrays")) for r in _ok(replies)),
-            bytes_down=_nbytes(arrays) * len(messages),
+            bytes_down=(_nbytes(arrays) + _nbytes(frozen)) * len(messages),
         )
         for reply in _ok(replies):
             epsilon = reply.content.metric_records["metrics"].get("epsilon")
@@ -186,6 +192,17 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
         }
         (out / SUMMARY).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result
+
+
+def split_trained(network: Recommender, parts: str) -> tuple[ArrayRecord, ArrayRecord]:
+    """The network's weights as two records: the ``parts`` the federation trains (what the
+    strategies aggregate) and the frozen rest."""
+    state = network.state_dict()
+    trained = set(trained_names(network, parts))
+    return (
+        ArrayRecord({k: v for k, v in state.items() if k in trained}),
+        ArrayRecord({k: v for k, v in state.items() if k not in trained}),
+    )
 
 
 def _scorer(network: Recommender, world: World) -> NetworkRecommender:

@@ -12,6 +12,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedrec.shared.federated.records import FROZEN_RECORD
 from fedrec.shared.federated.validation import update_problem
 
 logger = logging.getLogger(__name__)
@@ -142,3 +143,30 @@ class BudgetStrategy(WrappedStrategy):
     def summary(self) -> None:
         logger.info("devices out of privacy budget: %d", len(self.exhausted))
         self.inner.summary()
+
+
+class FrozenPartsStrategy(WrappedStrategy):
+    """Delegates to ``inner``, which sees only the parts of the network the federation trains,
+    and adds the frozen rest (``frozen``) to every training and evaluation request, so devices
+    can load the whole network while they send back, and ``inner`` aggregates, only what they
+    train."""
+
+    def __init__(self, inner: Strategy, frozen: ArrayRecord) -> None:
+        super().__init__(inner)
+        self.frozen = frozen
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self._with_frozen(super().configure_train(server_round, arrays, config, grid))
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self._with_frozen(super().configure_evaluate(server_round, arrays, config, grid))
+
+    def _with_frozen(self, messages: Iterable[Message]) -> list[Message]:
+        messages = list(messages)
+        for message in messages:
+            message.content[FROZEN_RECORD] = self.frozen
+        return messages

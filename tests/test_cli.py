@@ -94,3 +94,12 @@ def test_privacy_report_of_a_folder_that_is_no_run(
     assert main(["privacy-report", str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert "is not a finished fedrec run" in error and "summary.json" in error
+
+
+def test_simulate_refuses_trained_parts_that_name_no_module(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["simulate", "--out", str(tmp_path / "run"), "--trained", "items,users.lstmm"]
+    assert main(args) == 2
+    assert "trained parts ['users.lstmm'] name no module" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import dp_accounting
@@ -88,6 +89,27 @@ def test_training_without_dp_updates_the_network_in_place() -> None:
     assert last.loss < first.loss
 
 
+@pytest.mark.parametrize("privacy", [OFF, PrivacyConfig()], ids=["no-dp", "dp"])
+def test_a_device_trains_only_the_parts_it_is_told_to(privacy: PrivacyConfig) -> None:
+    """With ``trained`` set, local SGD moves only those parts (the LSTM keeps its weights even
+    though Opacus swaps it for its own LSTM under DP)."""
+    torch.manual_seed(0)
+    network = Recommender(SMALL)
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    examples = device_examples(sequences(), 0, 4, 100)
+    local = dataclasses.replace(
+        LOCAL, optimizer="sgd", learning_rate=0.5, trained="items,users.project"
+    )
+    train_local(network, table(), ITEMS, examples, local, privacy, plan(examples, privacy, 1))
+    changed = {k for k, v in network.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {
+        "items.project.weight",
+        "items.project.bias",
+        "users.project.weight",
+        "users.project.bias",
+    }
+
+
 def independent_epsilon(history: Sequence[Sequence[float]], delta: float) -> float:
     accountant = rdp.RdpAccountant(orders=list(RDP_ORDERS))
     for sigma, q, steps in history:
@@ -139,6 +161,20 @@ def test_bad_configs_and_an_empty_device() -> None:
         PrivacyConfig(target_epsilon=0)
     with pytest.raises(ValueError, match="negatives must be at least 1"):
         LocalConfig(negatives=0)
+    with pytest.raises(ValueError, match="optimizer must be 'adam' or 'sgd'"):
+        LocalConfig(optimizer="lbfgs")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="trained must be 'all' or comma-separated"):
+        LocalConfig(trained=" ")
+    with pytest.raises(ValueError, match="name no module"):
+        train_local(
+            Recommender(SMALL),
+            table(),
+            ITEMS,
+            device_examples(sequences(), 0, 4, 100),
+            dataclasses.replace(LOCAL, trained="items,tower"),
+            OFF,
+            plan_round(9, LOCAL, OFF, 1),
+        )
     empty = device_examples(sequences(1), 0, 4, 100)
     with pytest.raises(ValueError, match="no examples"):
         plan_round(len(empty), LOCAL, OFF, 1)

@@ -9,7 +9,13 @@ import torch.nn.functional as F
 
 from fedrec.shared.data.dataset import Interactions, UserTexts
 from fedrec.shared.model.events import build_sequences
-from fedrec.shared.model.network import ITEM_EVENT, TEXT_EVENT, ModelConfig, Recommender
+from fedrec.shared.model.network import (
+    ITEM_EVENT,
+    TEXT_EVENT,
+    ModelConfig,
+    Recommender,
+    trained_names,
+)
 from fedrec.shared.model.training import Features, TrainConfig, train_central
 
 SMALL = ModelConfig(feature_dim=12, item_dim=12, hidden_dim=8, pool_window=3, start_events=2)
@@ -196,3 +202,17 @@ def test_train_config_rejects_nonsense() -> None:
         ModelConfig(pool_window=5, start_events=6)
     with pytest.raises(ValueError, match="needs feature_dim == item_dim"):
         ModelConfig(feature_dim=12, item_dim=8, item_rank=2)
+
+
+def test_trained_names_select_whole_modules_and_refuse_unknown_paths() -> None:
+    network = Recommender(SMALL)
+    everything = [name for name, _ in network.named_parameters()]
+    assert trained_names(network, "all") == everything
+    assert trained_names(network, "items, users.recency") == [
+        "items.project.weight",
+        "items.project.bias",
+        "users.recency.weight",
+    ]
+    assert trained_names(network, "users") == [n for n in everything if n.startswith("users.")]
+    with pytest.raises(ValueError, match=r"\['users.lst'\] name no module"):
+        trained_names(network, "items,users.lst")  # a prefix of a path is not a path

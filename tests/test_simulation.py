@@ -30,13 +30,16 @@ from fedrec.shared.federated.ledger import PrivacyLedger, epsilon_of
 from fedrec.shared.federated.local import RDP_ORDERS, LocalConfig
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.federated.user_level import UserPrivacyConfig
-from fedrec.shared.model.network import ModelConfig, Recommender
+from fedrec.shared.model.network import ModelConfig, Recommender, trained_names
 from fedrec.shared.model.training import NetworkRecommender
 from fedrec.simulations import run as simulation_run
 from fedrec.simulations.keys import device_key
 from fedrec.simulations.world import load_world
 
 DEVICES = 3
+#: What the devices of this federation train: the item tower and the user model's output
+#: layers; the LSTM and its input layers stay as initialised.
+TRAINED = "items,users.recency,users.project"
 Run = tuple[FederationSettings, dict[str, Any], Path]
 
 
@@ -81,7 +84,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
         rounds=2,
         out=str(out),
         model=ModelConfig(hidden_dim=16, pool_window=5),
-        local=LocalConfig(batch_size=8, negatives=10, max_examples=24, context=5),
+        local=LocalConfig(batch_size=8, negatives=10, max_examples=24, context=5, trained=TRAINED),
         user_privacy=UserPrivacyConfig(enabled=True),
     )
     capture = Capture(out / "captured")
@@ -107,6 +110,26 @@ def test_rounds_are_reported_with_failed_and_poisoned_devices_left_out(run: Run)
     assert summary["epsilon_max"] == lines[-1]["epsilon"]["max"]
     assert summary["metrics"]["hr@10"] == lines[-1]["metrics"]["hr@10"]
     assert summary["users"] == 600 and summary["bytes_up_per_device_round"] > 0
+
+
+def test_devices_send_only_the_trained_parts_and_the_rest_stays_as_initialised(
+    run: Run,
+) -> None:
+    settings, _, out = run
+    torch.manual_seed(settings.seed)
+    initial = Recommender(settings.model).state_dict()
+    trained = set(trained_names(Recommender(settings.model), TRAINED))
+    assert trained and len(trained) < len(initial)
+    for path in (out / "captured").glob("*-train.pkl"):
+        sent = {name for name, _ in pickle.loads(path.read_bytes()) if name != "metrics"}
+        assert sent == trained, path.name
+    with np.load(out / CHECKPOINT) as saved:
+        for name, value in initial.items():
+            unchanged = np.array_equal(saved[name], value.numpy())
+            assert unchanged == (name not in trained), name
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    trained_bytes = sum(initial[name].numel() * 4 for name in trained)
+    assert lines[-1]["bytes_up"] == trained_bytes * lines[-1]["devices"]
 
 
 def test_devices_keep_their_privacy_ledger_in_their_encrypted_store(run: Run) -> None:

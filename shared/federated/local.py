@@ -23,9 +23,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedrec.shared.federated.examples import DeviceExamples
-from fedrec.shared.model.network import Recommender
+from fedrec.shared.model.network import ALL_PARTS, Recommender, trained_names
 
 Accountant = Literal["rdp", "prv"]
+Optimizer = Literal["adam", "sgd"]
 #: Integer RDP orders: Opacus' default fractional orders cost seconds per epsilon at the high
 #: sampling rates of small devices; integer orders give a valid bound in milliseconds.
 RDP_ORDERS: tuple[float, ...] = (*range(2, 64), 80, 96, 128, 192, 256)
@@ -55,8 +56,10 @@ class PrivacyConfig:
 @dataclass(frozen=True)
 class LocalConfig:
     """A device's round: epochs over its examples, expected batch size (Poisson sampling under
-    DP), Adam's learning rate, events of context per example, sampled negatives, and a cap on
-    examples (the latest are kept)."""
+    DP), the optimizer and its learning rate, events of context per example, sampled
+    negatives, a cap on examples (the latest are kept), and the parts of the network it trains
+    (``trained``: ``all`` or module paths, ``fedrec.shared.model.network.trained_names``);
+    only those leave the device."""
 
     epochs: int = 2
     batch_size: int = 16
@@ -64,6 +67,8 @@ class LocalConfig:
     context: int = 20
     negatives: int = 100
     max_examples: int = 256
+    optimizer: Optimizer = "adam"
+    trained: str = ALL_PARTS
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "context", "negatives", "max_examples"):
@@ -71,6 +76,10 @@ class LocalConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if not self.trained.strip():
+            raise ValueError("trained must be 'all' or comma-separated module paths, got ''")
 
 
 @dataclass(frozen=True)
@@ -189,8 +198,12 @@ def train_local(
         engine = PrivacyEngine(accountant=privacy.accountant)
         if accountant_state is not None:
             engine.accountant.load_state_dict(_accountant_from_json(accountant_state))
-    optimizer = torch.optim.Adam(
-        [p for p in scorer.parameters() if p.requires_grad], lr=local.learning_rate
+    _train_only(scorer, local.trained)
+    trainable = [p for p in scorer.parameters() if p.requires_grad]
+    optimizer: torch.optim.Optimizer = (
+        torch.optim.SGD(trainable, lr=local.learning_rate)
+        if local.optimizer == "sgd"
+        else torch.optim.Adam(trainable, lr=local.learning_rate)
     )
     if engine is not None:
         scorer, optimizer, loader = engine.make_private(
@@ -241,10 +254,23 @@ def train_local(
 
 def trained_state(scorer: nn.Module) -> dict[str, torch.Tensor]:
     """The network weights inside a scorer, wrapped by Opacus or not."""
+    return _inner_network(scorer).state_dict()
+
+
+def _inner_network(scorer: nn.Module) -> nn.Module:
     inner = getattr(scorer, "_module", scorer)
     if not isinstance(inner, ExampleScorer):
         raise TypeError(f"expected an ExampleScorer, got {type(inner).__name__}")
-    return inner.network.state_dict()
+    return inner.network
+
+
+def _train_only(scorer: nn.Module, parts: str) -> None:
+    """Freeze every parameter of the scorer's network that ``parts`` does not select (after
+    Opacus' fixes, which give the LSTM new parameter names under the same module path)."""
+    network = _inner_network(scorer)
+    selected = set(trained_names(network, parts))
+    for name, parameter in network.named_parameters():
+        parameter.requires_grad_(name in selected)
 
 
 def _accountant_to_json(state: Any) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from fedrec.shared.federated.local import LocalConfig, PrivacyConfig
 from fedrec.shared.federated.user_level import UserPrivacyConfig
-from fedrec.shared.model.network import ModelConfig
+from fedrec.shared.model.network import ModelConfig, Recommender, trained_names
 
 Strategy = Literal["fedavg", "fedadam"]
 BundleFormat = Literal["fp32", "int8"]
@@ -71,6 +71,7 @@ class FederationSettings:
             )
         if not 0 <= self.canaries <= self.devices or self.canary_repeats < 1:
             raise ValueError("canaries must be in [0, devices] and canary_repeats at least 1")
+        trained_names(Recommender(self.model), self.local.trained)  # paths that name modules
 
     @property
     def sampled_devices(self) -> int:

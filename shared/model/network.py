@@ -182,6 +182,24 @@ class UserModel(nn.Module):
         return self._pooled(state.recent.sum(dim=1) / count, state.inputs.transpose(1, 2))
 
 
+#: ``trained`` value that trains every parameter.
+ALL_PARTS = "all"
+
+
+def trained_names(network: nn.Module, parts: str) -> list[str]:
+    """Names of the parameters of ``network`` that ``parts`` selects: ``all``, or comma-separated
+    module paths (``items,users.recency``); a path that names no module is an error."""
+    names = [name for name, _ in network.named_parameters()]
+    if parts == ALL_PARTS:
+        return names
+    paths = [path.strip() for path in parts.split(",")]
+    modules = {name for name, _ in network.named_modules() if name}
+    unknown = [path for path in paths if path not in modules]
+    if unknown:
+        raise ValueError(f"trained parts {unknown} name no module; modules: {sorted(modules)}")
+    return [n for n in names if any(n.startswith(f"{path}.") for path in paths)]
+
+
 class Recommender(nn.Module):
     """The two towers together; scores are cosine similarities."""
 

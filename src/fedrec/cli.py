@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,6 +100,9 @@ def _simulate(args: argparse.Namespace) -> int:
         seed=args.seed,
         privacy=privacy,
     )
+    if args.trained is not None:
+        local = dataclasses.replace(settings.local, trained=args.trained)
+        settings = dataclasses.replace(settings, local=local)
     summary = simulate(settings)
     metrics = summary["metrics"]
     print(
@@ -286,6 +290,12 @@ def _parser() -> argparse.ArgumentParser:
         "--user-epsilon", type=float, default=8.0, help="user-level budget (default: 8)"
     )
     simulate.add_argument("--accountant", choices=["rdp", "prv"], default="rdp")
+    simulate.add_argument(
+        "--trained",
+        metavar="PARTS",
+        help="what devices train and send: 'all' or module paths such as "
+        "'items,users.recency' (default: per data set)",
+    )
     simulate.add_argument("--seed", type=int, default=0)
     simulate.set_defaults(run=_simulate)
 
