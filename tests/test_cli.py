@@ -33,6 +33,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         ["privacy-report"],
         ["privacy-study"],
         ["privacy-audit"],
+        ["privacy-signal"],
     ],
 )
 def test_every_command_has_help(command: list[str]) -> None:

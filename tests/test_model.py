@@ -193,6 +193,20 @@ def test_central_training_learns_a_planted_pattern() -> None:
     assert int(scores.argmax()) == 3
 
 
+def test_central_training_moves_only_the_trained_parts() -> None:
+    rng = np.random.default_rng(0)
+    rows = Interactions(
+        np.repeat(np.arange(4), 5), rng.integers(0, 6, 20), np.tile(np.arange(5), 4), np.ones(20)
+    )
+    seq = build_sequences(4, 6, rows, UserTexts.empty())
+    features = Features(F.normalize(torch.randn(6, 12), dim=-1), num_items=6)
+    model = Recommender(SMALL)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_central(model, seq, features, TrainConfig(epochs=2, trained="users.recency"))
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed == ["users.recency.weight"]
+
+
 def test_train_config_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="batch_users must be at least 1, got 0"):
         TrainConfig(batch_users=0)

@@ -20,7 +20,7 @@ from fedrec.shared.encoder.cache import encode_cached
 from fedrec.shared.encoder.config import EncoderConfig
 from fedrec.shared.evaluation.split import Split
 from fedrec.shared.model.events import EventSequences, build_sequences
-from fedrec.shared.model.network import ModelConfig, Recommender
+from fedrec.shared.model.network import ALL_PARTS, ModelConfig, Recommender, trained_names
 
 #: Users whose interest vectors are computed at once when scoring (bounds memory).
 SCORE_BATCH = 32
@@ -29,8 +29,9 @@ SCORE_BATCH = 32
 @dataclass(frozen=True)
 class TrainConfig:
     """Central training: epochs over all users, users per batch, a random window of at most
-    ``max_events`` events per user and step, and at most ``loss_positions`` of its positions
-    (drawn at random) in the loss."""
+    ``max_events`` events per user and step, at most ``loss_positions`` of its positions
+    (drawn at random) in the loss, and the parts of the network trained (``trained``: ``all``
+    or module paths, as in a federation's ``local-trained``)."""
 
     epochs: int = 20
     batch_users: int = 8
@@ -40,6 +41,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
     progress: bool = False
+    trained: str = ALL_PARTS
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_users", "max_events", "loss_positions"):
@@ -88,8 +90,11 @@ def train_central(
     """Fit ``model`` to predict each next item from the events before it, over all users."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
+    names = set(trained_names(model, config.trained))
     optimizer = torch.optim.Adam(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        [p for n, p in model.named_parameters() if n in names],
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
     )
     owner = np.repeat(np.arange(sequences.num_users), sequences.lengths())
     users = np.unique(owner[sequences.next_items >= 0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,6 +59,7 @@ def _train(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate,
         seed=args.seed,
         progress=True,
+        trained=args.trained,
     )
     result, recommender = run_central(
         args.data,
@@ -153,6 +155,26 @@ def _privacy_audit(args: argparse.Namespace) -> int:
             f"{found['planted_mean_rank']:.0f}, controls {found['control_mean_rank']:.0f}"
         )
     print(f"wrote {args.out}/audit.json and a privacy report in each run folder")
+    return 0
+
+
+def _privacy_signal(args: argparse.Namespace) -> int:
+    from fedrec.shared.federated.settings import FederationSettings
+    from fedrec.simulations.dp_signal import HEADER, dp_signal
+
+    settings = FederationSettings.for_data(args.data, **_given(args))
+    results = dp_signal(settings, args.trained, per_device=args.per_device, seed=args.seed)
+    print(
+        f"{settings.devices} devices, {settings.sampled_devices} a round, {settings.rounds} "
+        f"rounds, noise planned for {settings.planned_participations}; noise norm / signal "
+        "norm of a device's round (median), of a round's average and of the whole run:"
+    )
+    print(HEADER)
+    for result in results:
+        print(result.line())
+    if args.json:
+        rows = [dataclasses.asdict(result) for result in results]
+        args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     return 0
 
 
@@ -262,6 +284,12 @@ def _parser() -> argparse.ArgumentParser:
         default=EncoderConfig().max_length,
         help="tokens per text for the encoder",
     )
+    train.add_argument(
+        "--trained",
+        default=defaults.trained,
+        metavar="PARTS",
+        help="parts trained: 'all' or module paths such as 'items,users.recency'",
+    )
     train.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(run=_train)
@@ -341,6 +369,26 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--repeats", type=int, default=10, help="examples per planted canary")
     audit.add_argument("--out", type=Path, required=True, help="audit folder")
     audit.set_defaults(run=_privacy_audit)
+
+    signal = commands.add_parser(
+        "privacy-signal",
+        help="how much of the averaged update is signal under DP-SGD, by trained parts",
+        description="At the initial weights, measure how well the clipped per-example "
+        "gradients of the trained parameters agree across devices and compare the signal of a "
+        "round with the DP noise each device plans (docs/privacy.md).",
+    )
+    _federation_arguments(signal)
+    signal.add_argument(
+        "--trained",
+        nargs="+",
+        default=["all"],
+        metavar="PARTS",
+        help="trained sets to compare: 'all' or module paths such as 'items,users.recency'",
+    )
+    signal.add_argument("--per-device", type=int, default=8, help="examples sampled per device")
+    signal.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
+    signal.add_argument("--seed", type=int, default=0)
+    signal.set_defaults(run=_privacy_signal)
 
     bench = commands.add_parser(
         "bench", help="run a benchmark", description="Run a benchmark (docs/benchmarks.md)."
