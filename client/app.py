@@ -28,7 +28,7 @@ from fedrec.shared.federated.ledger import LedgerEntry, PrivacyLedger, epsilon_o
 from fedrec.shared.federated.local import PrivacyConfig, RoundPlan, plan_round, train_local
 from fedrec.shared.federated.records import FROZEN_RECORD
 from fedrec.shared.federated.settings import FederationSettings
-from fedrec.shared.model.network import Recommender, trained_names
+from fedrec.shared.model.network import Recommender, split_state
 from fedrec.shared.model.training import NetworkRecommender
 from fedrec.simulations.canaries import make_canaries, plant
 from fedrec.simulations.keys import device_key
@@ -132,11 +132,8 @@ def train_device(settings: FederationSettings, partition: int, content: RecordDi
             "device-weight": 1,  # equal weights under user-level DP
         }
     )
-    state = network.state_dict()
-    trained = ArrayRecord(
-        {name: state[name] for name in trained_names(network, settings.local.trained)}
-    )
-    return RecordDict({"arrays": trained, "metrics": metrics})
+    trained, _ = split_state(network, settings.local.trained)
+    return RecordDict({"arrays": ArrayRecord(trained), "metrics": metrics})
 
 
 def _ledger(store: EncryptedStore) -> PrivacyLedger:

@@ -44,7 +44,7 @@ from fedrec.shared.bundle import (
 from fedrec.shared.evaluation.harness import EvaluationConfig, evaluate
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.federated.user_level import plan_user_noise, user_level_epsilon
-from fedrec.shared.model.network import Recommender, trained_names
+from fedrec.shared.model.network import Recommender, split_state
 from fedrec.shared.model.training import NetworkRecommender
 from fedrec.shared.quantization import quantize_int8
 from fedrec.simulations.keys import ensure_secret
@@ -125,7 +125,7 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
     spent = _load_budgets(out)
     user_noises = recorded_user_noises(out)
     noise = user_level_noise(settings, user_noises)
-    arrays, frozen = split_trained(network, settings.local.trained)
+    arrays, frozen = (ArrayRecord(s) for s in split_state(network, settings.local.trained))
     validated = ValidatedStrategy(make_strategy(settings, noise), settings.max_update_norm)
     strategy = BudgetStrategy(FrozenPartsStrategy(validated, frozen))
     key = _signing_key(out)
@@ -192,17 +192,6 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
         }
         (out / SUMMARY).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result
-
-
-def split_trained(network: Recommender, parts: str) -> tuple[ArrayRecord, ArrayRecord]:
-    """The network's weights as two records: the ``parts`` the federation trains (what the
-    strategies aggregate) and the frozen rest."""
-    state = network.state_dict()
-    trained = set(trained_names(network, parts))
-    return (
-        ArrayRecord({k: v for k, v in state.items() if k in trained}),
-        ArrayRecord({k: v for k, v in state.items() if k not in trained}),
-    )
 
 
 def _scorer(network: Recommender, world: World) -> NetworkRecommender:

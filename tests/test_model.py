@@ -14,6 +14,7 @@ from fedrec.shared.model.network import (
     TEXT_EVENT,
     ModelConfig,
     Recommender,
+    split_state,
     trained_names,
 )
 from fedrec.shared.model.training import Features, TrainConfig, train_central
@@ -230,3 +231,8 @@ def test_trained_names_select_whole_modules_and_refuse_unknown_paths() -> None:
     assert trained_names(network, "users") == [n for n in everything if n.startswith("users.")]
     with pytest.raises(ValueError, match=r"\['users.lst'\] name no module"):
         trained_names(network, "items,users.lst")  # a prefix of a path is not a path
+    trained, frozen = split_state(network, "items")
+    assert list(trained) == ["items.project.weight", "items.project.bias"]
+    assert list(frozen) == [n for n in everything if not n.startswith("items.")]
+    state = network.state_dict()
+    assert all(torch.equal(state[n], v) for n, v in {**trained, **frozen}.items())

@@ -200,6 +200,19 @@ def trained_names(network: nn.Module, parts: str) -> list[str]:
     return [n for n in names if any(n.startswith(f"{path}.") for path in paths)]
 
 
+def split_state(
+    network: nn.Module, parts: str
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The network's weights as two state dicts: the ``parts`` trained (``trained_names``) and
+    the frozen rest."""
+    state = network.state_dict()
+    trained = set(trained_names(network, parts))
+    return (
+        {k: v for k, v in state.items() if k in trained},
+        {k: v for k, v in state.items() if k not in trained},
+    )
+
+
 class Recommender(nn.Module):
     """The two towers together; scores are cosine similarities."""
 
