@@ -93,21 +93,33 @@ def sample_examples(
     return Inputs(*columns)
 
 
-def clipped_mean_gradient(
-    network: Recommender, table: torch.Tensor, inputs: Inputs, names: list[str], clip: float
-) -> torch.Tensor:
-    """The mean of the examples' gradients over the parameters ``names``, each clipped to
-    norm ``clip``, divided by ``clip``."""
+def clipped_mean_gradients(
+    network: Recommender,
+    table: torch.Tensor,
+    inputs: Inputs,
+    name_sets: list[list[str]],
+    clip: float,
+) -> list[torch.Tensor]:
+    """For each set of parameter names, the mean of the examples' gradients over those
+    parameters, each clipped to norm ``clip``, divided by ``clip``. Every example is run
+    forward and backward once, for all sets together."""
     scorer = ExampleScorer(network, table)
     parameters = dict(network.named_parameters())
-    total = torch.zeros(sum(parameters[n].numel() for n in names), dtype=torch.float64)
+    union = sorted({name for names in name_sets for name in names})
+    totals = [
+        torch.zeros(sum(parameters[n].numel() for n in names), dtype=torch.float64)
+        for names in name_sets
+    ]
     for i in range(len(inputs.rows)):
         one = (tensor[i : i + 1] for tensor in inputs)
         loss = F.cross_entropy(scorer(*one), torch.zeros(1, dtype=torch.long))
-        grads = torch.autograd.grad(loss, [parameters[n] for n in names])
-        flat = torch.cat([g.flatten() for g in grads]).double()
-        total += flat / max(clip, float(flat.norm()))
-    return total / len(inputs.rows)
+        grads = dict(
+            zip(union, torch.autograd.grad(loss, [parameters[n] for n in union]), strict=True)
+        )
+        for total, names in zip(totals, name_sets, strict=True):
+            flat = torch.cat([grads[n].flatten() for n in names]).double()
+            total += flat / max(clip, float(flat.norm()))
+    return [total / len(inputs.rows) for total in totals]
 
 
 def dp_signal(
@@ -127,12 +139,14 @@ def dp_signal(
     plans = [plan_round(n, settings.local, settings.privacy, planned) for n in counts if n]
     sigmas = [p.noise_multiplier for p in plans if p.noise_multiplier is not None]
     inputs = sample_examples(world, settings, per_device, seed)
-    clip = settings.privacy.max_grad_norm
+    name_sets = [trained_names(network, parts) for parts in trained_sets]
+    means = clipped_mean_gradients(
+        network, world.features.table, inputs, name_sets, settings.privacy.max_grad_norm
+    )
+    sizes = {name: p.numel() for name, p in network.named_parameters()}
     results = []
-    for parts in trained_sets:
-        names = trained_names(network, parts)
-        parameters = sum(dict(network.named_parameters())[n].numel() for n in names)
-        mean = clipped_mean_gradient(network, world.features.table, inputs, names, clip)
+    for parts, names, mean in zip(trained_sets, name_sets, means, strict=True):
+        parameters = sum(sizes[n] for n in names)
         alignment = float(mean.norm())
         ratios = [
             device_ratio(sigma, p.batch_size, p.steps, parameters, alignment)

@@ -18,7 +18,7 @@ from fedrec.shared.federated.local import ExampleScorer, PrivacyConfig, plan_rou
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.model.network import ModelConfig, Recommender, trained_names
 from fedrec.simulations.dp_signal import (
-    clipped_mean_gradient,
+    clipped_mean_gradients,
     device_ratio,
     dp_signal,
     sample_examples,
@@ -54,7 +54,7 @@ def test_the_clipped_mean_gradient_equals_opacus_per_sample_gradients_clipped() 
     clip = float(norms.median())  # some examples are clipped, some are not
     expected = (flat * (clip / norms).clamp(max=1.0)[:, None]).mean(dim=0) / clip
 
-    ours = clipped_mean_gradient(network, world.features.table, inputs, names, clip)
+    (ours,) = clipped_mean_gradients(network, world.features.table, inputs, [names], clip)
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-7)
     assert 0 < float(ours.norm()) <= 1
 

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedrec.shared.federated.examples import DeviceExamples
-from fedrec.shared.model.network import ALL_PARTS, Recommender, trained_names
+from fedrec.shared.model.network import ALL_PARTS, Recommender, train_only
 
 Accountant = Literal["rdp", "prv"]
 Optimizer = Literal["adam", "sgd"]
@@ -198,8 +198,8 @@ def train_local(
         engine = PrivacyEngine(accountant=privacy.accountant)
         if accountant_state is not None:
             engine.accountant.load_state_dict(_accountant_from_json(accountant_state))
-    _train_only(scorer, local.trained)
-    trainable = [p for p in scorer.parameters() if p.requires_grad]
+    # after Opacus' fixes, which give the LSTM new parameter names under the same module path
+    trainable = train_only(_inner_network(scorer), local.trained)
     optimizer: torch.optim.Optimizer = (
         torch.optim.SGD(trainable, lr=local.learning_rate)
         if local.optimizer == "sgd"
@@ -262,15 +262,6 @@ def _inner_network(scorer: nn.Module) -> nn.Module:
     if not isinstance(inner, ExampleScorer):
         raise TypeError(f"expected an ExampleScorer, got {type(inner).__name__}")
     return inner.network
-
-
-def _train_only(scorer: nn.Module, parts: str) -> None:
-    """Freeze every parameter of the scorer's network that ``parts`` does not select (after
-    Opacus' fixes, which give the LSTM new parameter names under the same module path)."""
-    network = _inner_network(scorer)
-    selected = set(trained_names(network, parts))
-    for name, parameter in network.named_parameters():
-        parameter.requires_grad_(name in selected)
 
 
 def _accountant_to_json(state: Any) -> dict[str, Any]:

@@ -200,6 +200,15 @@ def trained_names(network: nn.Module, parts: str) -> list[str]:
     return [n for n in names if any(n.startswith(f"{path}.") for path in paths)]
 
 
+def train_only(network: nn.Module, parts: str) -> list[nn.Parameter]:
+    """Freeze every parameter of ``network`` that ``parts`` does not select (so no gradient is
+    computed for it); the parameters left to train."""
+    selected = set(trained_names(network, parts))
+    for name, parameter in network.named_parameters():
+        parameter.requires_grad_(name in selected)
+    return [p for name, p in network.named_parameters() if name in selected]
+
+
 def split_state(
     network: nn.Module, parts: str
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

@@ -20,7 +20,7 @@ from fedrec.shared.encoder.cache import encode_cached
 from fedrec.shared.encoder.config import EncoderConfig
 from fedrec.shared.evaluation.split import Split
 from fedrec.shared.model.events import EventSequences, build_sequences
-from fedrec.shared.model.network import ALL_PARTS, ModelConfig, Recommender, trained_names
+from fedrec.shared.model.network import ALL_PARTS, ModelConfig, Recommender, train_only
 
 #: Users whose interest vectors are computed at once when scoring (bounds memory).
 SCORE_BATCH = 32
@@ -90,9 +90,8 @@ def train_central(
     """Fit ``model`` to predict each next item from the events before it, over all users."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    names = set(trained_names(model, config.trained))
     optimizer = torch.optim.Adam(
-        [p for n, p in model.named_parameters() if n in names],
+        train_only(model, config.trained),
         lr=config.learning_rate,
         weight_decay=config.weight_decay,
     )
