@@ -218,8 +218,11 @@ def _plot_rounds(run: RunPrivacy, path: Path) -> None:
     if run.user_level is not None:
         user = [r["user_epsilon"] for r in run.per_round]
         axes.plot(rounds, user, "-", marker="s", color="black", label="user-level")
-    axes.set(xlabel="round", ylabel="epsilon spent", title=f"Privacy spent: {run.data}")
-    axes.legend(fontsize=8)
+    drawn = bool(axes.get_legend_handles_labels()[1])
+    title = f"Privacy spent: {run.data}" + ("" if drawn else " (DP off)")
+    axes.set(xlabel="round", ylabel="epsilon spent", title=title)
+    if drawn:
+        axes.legend(fontsize=8)
     _save(figure, path)
 
 
