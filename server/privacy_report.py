@@ -218,10 +218,10 @@ def _plot_rounds(run: RunPrivacy, path: Path) -> None:
     if run.user_level is not None:
         user = [r["user_epsilon"] for r in run.per_round]
         axes.plot(rounds, user, "-", marker="s", color="black", label="user-level")
-    drawn = bool(axes.get_legend_handles_labels()[1])
-    title = f"Privacy spent: {run.data}" + ("" if drawn else " (DP off)")
+    dp_off = run.record_level is None and run.user_level is None
+    title = f"Privacy spent: {run.data}" + (" (DP off)" if dp_off else "")
     axes.set(xlabel="round", ylabel="epsilon spent", title=title)
-    if drawn:
+    if axes.get_legend_handles_labels()[1]:
         axes.legend(fontsize=8)
     _save(figure, path)
 
