@@ -15,9 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.server.privacy_report import RunPrivacy, privacy_report
-from fedrec.shared.federated.local import PrivacyConfig
 from fedrec.shared.federated.settings import FederationSettings
-from fedrec.shared.federated.user_level import UserPrivacyConfig
 from fedrec.simulations.run import simulate
 
 #: The epsilons of the study (None: without DP).
@@ -33,8 +31,13 @@ class StudyRun:
     epsilon: float | None
 
     def settings(self, base: FederationSettings, out: Path) -> FederationSettings:
-        record = PrivacyConfig(enabled=self.level == "record", target_epsilon=self.epsilon or 8.0)
-        user = UserPrivacyConfig(enabled=self.level == "user", target_epsilon=self.epsilon or 8.0)
+        epsilon = self.epsilon or 8.0
+        record = dataclasses.replace(
+            base.privacy, enabled=self.level == "record", target_epsilon=epsilon
+        )
+        user = dataclasses.replace(
+            base.user_privacy, enabled=self.level == "user", target_epsilon=epsilon
+        )
         return dataclasses.replace(
             base, out=str(out / self.name), privacy=record, user_privacy=user
         )

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fedrec.cli import main
+from fedrec.shared.federated.settings import FederationSettings
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -104,3 +105,37 @@ def test_simulate_refuses_trained_parts_that_name_no_module(
     assert main(args) == 2
     assert "trained parts ['users.lstmm'] name no module" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_set_overrides_run_config_keys_after_every_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fedrec.simulations.run as run_module
+
+    seen = []
+
+    def fake_simulate(settings: FederationSettings) -> dict[str, object]:
+        seen.append(settings)
+        metrics = {"hr@10": 0.0, "ndcg@10": 0.0}
+        summary = {"metrics": metrics, "wall_s": 0.0, "epsilon_max": None}
+        return {**summary, "bytes_up_per_device_round": 0}
+
+    monkeypatch.setattr(run_module, "simulate", fake_simulate)
+    args = ["simulate", "--data", "movielens:x", "--rounds", "60", "--no-dp", "--out"]
+    sets = ["local-max-examples=256", "local-batch-size=32", "server-learning-rate=1"]
+    extra = ["--trained", "items", "--set", "local-trained=users.recency", "--set", "rounds=40"]
+    assert main([*args, str(tmp_path), *[f"--set={s}" for s in sets], *extra]) == 0
+    (settings,) = seen
+    assert (settings.local.max_examples, settings.local.batch_size) == (256, 32)
+    assert settings.server_learning_rate == 1.0 and settings.rounds == 40
+    assert settings.local.trained == "users.recency" and not settings.privacy.enabled
+    assert settings.devices == 610 and settings.fraction_train == 0.2  # the data set's defaults
+    for bad, message in [
+        ("local-batch-size=abc", "run-config key 'local-batch-size' takes an integer, got 'abc'"),
+        ("dp-enabled=1", "run-config key 'dp-enabled' takes true or false, got 1"),
+        ("local-batchsize=3", "unknown run-config keys ['local-batchsize']"),
+        ("rounds", "--set takes KEY=VALUE, got 'rounds'"),
+    ]:
+        assert main(["simulate", "--out", str(tmp_path), "--set", bad]) == 2
+        assert message in capsys.readouterr().err
+    assert len(seen) == 1

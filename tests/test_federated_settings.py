@@ -67,3 +67,18 @@ def test_a_resumed_run_without_user_level_budget_fails_before_it_starts(tmp_path
     with pytest.raises(ValueError, match=r"the 2 rounds already run leave no user-level budget"):
         simulate(settings)
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_run_config_values_must_have_their_keys_types() -> None:
+    settings = FederationSettings().with_run_config({"server-learning-rate": 1, "rounds": 7})
+    assert settings.server_learning_rate == 1.0 and isinstance(settings.server_learning_rate, float)
+    assert settings.rounds == 7 and settings.local == LocalConfig()
+    for key, value, kind in [
+        ("rounds", 7.5, "an integer"),
+        ("rounds", True, "an integer"),
+        ("dp-enabled", "yes", "true or false"),
+        ("local-optimizer", 3, "text"),
+        ("dp-noise-multiplier", "high", "a number"),
+    ]:
+        with pytest.raises(ValueError, match=f"run-config key '{key}' takes {kind}, got"):
+            FederationSettings().with_run_config({key: value})

@@ -27,3 +27,13 @@ def test_the_study_covers_no_dp_and_both_levels_at_each_epsilon(tmp_path: Path) 
     settings = user.settings(base, tmp_path)
     assert not settings.privacy.enabled and settings.user_privacy.enabled
     assert settings.user_privacy.target_epsilon == 3.0 and settings.rounds == 2
+
+
+def test_each_run_keeps_the_base_privacy_knobs_it_does_not_set(tmp_path: Path) -> None:
+    base = FederationSettings.for_data("demo").with_run_config(
+        {"dp-max-grad-norm": 0.5, "dp-accountant": "prv", "user-dp-clipping-norm": 2.0}
+    )
+    for run in study_runs((3.0,)):
+        settings = run.settings(base, tmp_path)
+        assert settings.privacy.max_grad_norm == 0.5 and settings.privacy.accountant == "prv"
+        assert settings.user_privacy.clipping_norm == 2.0

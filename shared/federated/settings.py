@@ -115,11 +115,12 @@ class FederationSettings:
         """Settings from a run config; unknown keys are an error that names them."""
         nested: dict[str, dict[str, Any]] = {name: {} for name in _PREFIX}
         top: dict[str, Any] = {}
-        known = set(cls().to_run_config()) | {"dp-noise-multiplier"}
-        unknown = sorted(set(config) - known)
+        defaults: dict[str, Any] = {**cls().to_run_config(), "dp-noise-multiplier": 1.0}
+        unknown = sorted(set(config) - set(defaults))
         if unknown:
-            raise ValueError(f"unknown run-config keys {unknown}; known: {sorted(known)}")
-        for key, value in config.items():
+            raise ValueError(f"unknown run-config keys {unknown}; known: {sorted(defaults)}")
+        for key, raw in config.items():
+            value = _typed(key, raw, defaults[key])
             name = key.replace("-", "_")
             for group, prefix in _PREFIX.items():
                 if name.startswith(prefix):
@@ -134,6 +135,10 @@ class FederationSettings:
             privacy=PrivacyConfig(**nested["privacy"]),
             user_privacy=UserPrivacyConfig(**nested["user_privacy"]),
         )
+
+    def with_run_config(self, overrides: Mapping[str, Any]) -> FederationSettings:
+        """These settings with some run-config keys replaced (``fedrec simulate --set``)."""
+        return self.from_run_config({**self.to_run_config(), **overrides})
 
 
 _PREFIX = {"model": "model_", "local": "local_", "privacy": "dp_", "user_privacy": "user_dp_"}
@@ -156,3 +161,17 @@ DATA_DEFAULTS: dict[str, dict[str, Any]] = {
 
 def _key(name: str) -> str:
     return name.replace("_", "-")
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
+
+
+def _typed(key: str, value: Any, default: bool | int | float | str) -> Any:
+    """``value`` if it has the type of the key's default (an int where a float is due becomes
+    a float), else an error that names the key."""
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is not type(default):
+        kind = _KINDS[type(default)]
+        raise ValueError(f"run-config key {key!r} takes {kind}, got {value!r}")
+    return value

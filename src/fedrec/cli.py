@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from fedrec import __version__
 from fedrec.benchmarks import BenchmarkReport
@@ -23,6 +24,9 @@ from fedrec.shared.evaluation.harness import EvaluationConfig, EvaluationResult
 from fedrec.shared.evaluation.run import run_baseline, run_central
 from fedrec.shared.model.network import ModelConfig
 from fedrec.shared.model.training import TrainConfig
+
+if TYPE_CHECKING:
+    from fedrec.shared.federated.settings import FederationSettings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,7 +84,6 @@ def _train(args: argparse.Namespace) -> int:
 
 def _simulate(args: argparse.Namespace) -> int:
     from fedrec.shared.federated.local import PrivacyConfig
-    from fedrec.shared.federated.settings import FederationSettings
     from fedrec.shared.federated.user_level import UserPrivacyConfig
     from fedrec.simulations.run import simulate
 
@@ -93,18 +96,16 @@ def _simulate(args: argparse.Namespace) -> int:
     user_privacy = UserPrivacyConfig(
         enabled=args.user_dp, target_epsilon=args.user_epsilon, delta=args.delta
     )
-    settings = FederationSettings.for_data(
-        args.data,
-        **_given(args),
+    trained = {} if args.trained is None else {"local-trained": args.trained}
+    settings = _settings(
+        args,
+        trained,
         user_privacy=user_privacy,
         strategy=args.strategy,
         out=str(args.out),
         seed=args.seed,
         privacy=privacy,
     )
-    if args.trained is not None:
-        local = dataclasses.replace(settings.local, trained=args.trained)
-        settings = dataclasses.replace(settings, local=local)
     summary = simulate(settings)
     metrics = summary["metrics"]
     print(
@@ -134,21 +135,17 @@ def _privacy_report(args: argparse.Namespace) -> int:
 
 
 def _privacy_study(args: argparse.Namespace) -> int:
-    from fedrec.shared.federated.settings import FederationSettings
     from fedrec.simulations.study import privacy_study
 
-    privacy_study(FederationSettings.for_data(args.data, **_given(args)), args.out)
+    privacy_study(_settings(args), args.out)
     print((args.out / "study.md").read_text(encoding="utf-8"))
     return 0
 
 
 def _privacy_audit(args: argparse.Namespace) -> int:
-    from fedrec.shared.federated.settings import FederationSettings
     from fedrec.simulations.audit import run_audit
 
-    base = FederationSettings.for_data(
-        args.data, **_given(args), canaries=args.canaries, canary_repeats=args.repeats
-    )
+    base = _settings(args, canaries=args.canaries, canary_repeats=args.repeats)
     for name, found in run_audit(base, args.out).items():
         print(
             f"{name}: membership AUC {found['auc']:.3f}, mean rank planted "
@@ -159,10 +156,9 @@ def _privacy_audit(args: argparse.Namespace) -> int:
 
 
 def _privacy_signal(args: argparse.Namespace) -> int:
-    from fedrec.shared.federated.settings import FederationSettings
     from fedrec.simulations.dp_signal import HEADER, dp_signal
 
-    settings = FederationSettings.for_data(args.data, **_given(args))
+    settings = _settings(args)
     results = dp_signal(settings, args.trained, per_device=args.per_device, seed=args.seed)
     print(
         f"{settings.devices} devices, {settings.sampled_devices} a round, {settings.rounds} "
@@ -207,17 +203,56 @@ def _data_export(args: argparse.Namespace) -> int:
 
 
 def _federation_arguments(parser: argparse.ArgumentParser) -> None:
-    """--data, --devices and --rounds of a federation (defaults per data set)."""
+    """--data, --devices, --rounds and --set of a federation (defaults per data set)."""
     parser.add_argument("--data", default="demo", metavar="SPEC", help=SPEC_HELP)
     parser.add_argument(
         "--devices", type=int, help="virtual devices, one per user (default: per data set)"
     )
     parser.add_argument("--rounds", type=int, help="rounds (default: per data set)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        metavar="KEY=VALUE",
+        help="any key of the run config ([tool.flwr.app.config], e.g. local-batch-size=32), "
+        "applied after every other flag; repeatable",
+    )
 
 
-def _given(args: argparse.Namespace) -> dict[str, int]:
-    """The --devices and --rounds given on the command line (the rest are per data set)."""
-    return {k: v for k, v in (("devices", args.devices), ("rounds", args.rounds)) if v is not None}
+def _settings(
+    args: argparse.Namespace, overrides: dict[str, Any] | None = None, **fields: Any
+) -> FederationSettings:
+    """The federation of --data (its defaults), --devices, --rounds and ``fields``, then
+    ``overrides`` and the --set pairs (run-config keys)."""
+    from fedrec.shared.federated.settings import FederationSettings
+
+    given = {k: v for k, v in (("devices", args.devices), ("rounds", args.rounds)) if v is not None}
+    settings = FederationSettings.for_data(args.data, **given, **fields)
+    pairs = {**(overrides or {}), **_run_config_values(args.overrides)}
+    return settings.with_run_config(pairs) if pairs else settings
+
+
+def _run_config_values(pairs: list[str]) -> dict[str, Any]:
+    """--set's KEY=VALUE pairs; a VALUE is true or false, an int, a float, else text."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, equals, text = pair.partition("=")
+        if not equals or not key.strip():
+            raise ValueError(f"--set takes KEY=VALUE, got {pair!r}")
+        values[key.strip()] = _literal(text.strip())
+    return values
+
+
+def _literal(text: str) -> bool | int | float | str:
+    if text in ("true", "false"):
+        return text == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _parser() -> argparse.ArgumentParser:
