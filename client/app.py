@@ -75,7 +75,9 @@ def _global_network(settings: FederationSettings, content: RecordDict) -> Recomm
 def train_device(settings: FederationSettings, partition: int, content: RecordDict) -> RecordDict:
     """One round of device ``partition``: the reply's records. Under DP the device refuses
     (a reply without arrays, ``budget-refused`` 1) when the round would take it past its
-    budget, and says in every reply whether it can afford another (``budget-exhausted``)."""
+    budget, and says in every reply whether it can afford another (``budget-exhausted``) and
+    which device it is (``device``: its partition id, which a restart keeps, unlike Flower's
+    node id)."""
     world = load_world(settings.data, settings.devices)
     user = world.user_of(partition)
     network = _global_network(settings, content)
@@ -95,6 +97,7 @@ def train_device(settings: FederationSettings, partition: int, content: RecordDi
     if privacy.enabled and not _affordable(ledger, plan, privacy):
         logger.info("device %d: round %d would exceed its budget; refused", partition, server_round)
         refusal = {"num-examples": 0, "epsilon": ledger.spent, "device-weight": 1}
+        refusal["device"] = partition
         flags = {"budget-refused": 1, "budget-exhausted": 1}
         return RecordDict({"metrics": MetricRecord({**refusal, **flags})})
     result = train_local(
@@ -130,6 +133,7 @@ def train_device(settings: FederationSettings, partition: int, content: RecordDi
             "epsilon": -1.0 if result.epsilon is None else result.epsilon,
             "budget-exhausted": int(exhausted),
             "device-weight": 1,  # equal weights under user-level DP
+            "device": partition,  # its budget's key at the server, the same after restarts
         }
     )
     trained, _ = split_state(network, settings.local.trained)

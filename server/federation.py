@@ -172,9 +172,11 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
             bytes_down=(_nbytes(arrays) + _nbytes(frozen)) * len(messages),
         )
         for reply in _ok(replies):
-            epsilon = reply.content.metric_records["metrics"].get("epsilon")
+            metrics = reply.content.metric_records["metrics"]
+            epsilon, device = metrics.get("epsilon"), metrics.get("device")
             if isinstance(epsilon, int | float) and epsilon >= 0:
-                spent[str(reply.metadata.src_node_id)] = float(epsilon)
+                owner = device if isinstance(device, int) else reply.metadata.src_node_id
+                spent[str(owner)] = float(epsilon)
         _write_atomic(out / BUDGETS, json.dumps(spent, indent=1) + "\n")
         _save_checkpoint(out, network, server_round)
         with (out / METRICS).open("a", encoding="utf-8") as handle:
@@ -300,9 +302,11 @@ def _mean_metric(replies: list[Message], name: str) -> float | None:
 def user_level_noise(settings: FederationSettings, spent: list[float]) -> float | None:
     """The server's noise multiplier for the rounds still to run under user-level DP (None
     when off), planned around the noise multipliers ``spent`` of the rounds already run; a
-    ValueError when they leave no budget for more."""
+    ValueError when they leave no budget for more. A finished run keeps its last one."""
     if not settings.user_privacy.enabled:
         return None
+    if spent and len(spent) >= settings.rounds:
+        return spent[-1]
     return plan_user_noise(
         settings.user_privacy,
         settings.devices,

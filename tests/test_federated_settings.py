@@ -6,11 +6,14 @@ import json
 import math
 from pathlib import Path
 
+import dp_accounting
 import pytest
+from dp_accounting import rdp
 
-from fedrec.shared.federated.local import LocalConfig
+from fedrec.server.federation import user_level_noise
+from fedrec.shared.federated.local import RDP_ORDERS, LocalConfig
 from fedrec.shared.federated.settings import FederationSettings
-from fedrec.shared.federated.user_level import UserPrivacyConfig
+from fedrec.shared.federated.user_level import UserPrivacyConfig, user_level_epsilon
 from fedrec.simulations.run import simulate
 
 
@@ -67,6 +70,28 @@ def test_a_resumed_run_without_user_level_budget_fails_before_it_starts(tmp_path
     with pytest.raises(ValueError, match=r"the 2 rounds already run leave no user-level budget"):
         simulate(settings)
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_a_finished_user_level_run_keeps_its_last_noise() -> None:
+    settings = FederationSettings(
+        devices=50, rounds=3, user_privacy=UserPrivacyConfig(enabled=True)
+    )
+    assert user_level_noise(settings, [2.5, 2.5, 2.0]) == 2.0  # resuming it costs no search
+    assert user_level_noise(settings, [2.5, 2.5]) != 2.5
+
+
+def test_user_level_epsilon_composes_equal_rounds_as_one_by_one() -> None:
+    noises, population, sampled, delta = [1.5, 1.5, 1.5, 2.0, 1.5], 50, 10, 1e-5
+    accountant = rdp.RdpAccountant(
+        orders=list(RDP_ORDERS), neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE
+    )
+    for noise in noises:
+        gaussian = dp_accounting.GaussianDpEvent(noise / 2)
+        accountant.compose(
+            dp_accounting.SampledWithoutReplacementDpEvent(population, sampled, gaussian)
+        )
+    expected = accountant.get_epsilon(delta)
+    assert user_level_epsilon(noises, population, sampled, delta) == pytest.approx(expected, 1e-9)
 
 
 def test_run_config_values_must_have_their_keys_types() -> None:

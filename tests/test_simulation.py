@@ -289,9 +289,13 @@ def test_a_restarted_server_resumes_and_devices_out_of_budget_refuse(run: Run) -
     assert (lines[3]["devices"], lines[3]["refused"]) == (1, 0)  # and then only device 0
     assert lines[3]["out_of_budget"] == DEVICES  # device 0 too, after round 4
     world = load_world(settings.data, settings.devices)
+    budgets: dict[str, float] = {}
     for partition, rounds in ((0, [2, 3, 4]), (1, [1, 2]), (2, [1, 2])):
         user_id = world.split.dataset.user_ids[world.user_of(partition)]
         store = EncryptedStore(out / "devices" / user_id, device_key(out, user_id))
         ledger = PrivacyLedger.from_json(store.get_json(LEDGER_RECORD))
         assert [e.round for e in ledger.entries] == rounds
         assert ledger.spent <= 8.0 * (1 + 1e-9)
+        budgets[str(partition)] = ledger.spent
+    # one budget per device across the restart (Flower's node ids change with it)
+    assert json.loads((out / "budgets.json").read_text()) == pytest.approx(budgets)

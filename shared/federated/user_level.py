@@ -14,6 +14,7 @@ moves the sum by up to ``2C``, so a round is the Gaussian mechanism with noise m
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -52,11 +53,11 @@ def user_level_epsilon(
     accountant = rdp.RdpAccountant(
         orders=list(RDP_ORDERS), neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE
     )
-    for noise in noise_multipliers:
+    for noise, same in itertools.groupby(noise_multipliers):  # a run of equal rounds at once
         event: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(noise / 2)
         if sampled < population:
             event = dp_accounting.SampledWithoutReplacementDpEvent(population, sampled, event)
-        accountant.compose(event)
+        accountant.compose(event, count=len(list(same)))
     return float(accountant.get_epsilon(delta))
 
 
