@@ -68,6 +68,7 @@ class RoundReport:
     devices: int
     failed: int
     dropped: int
+    applied: bool
     refused: int
     out_of_budget: int
     loss: float | None
@@ -126,7 +127,9 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
     user_noises = recorded_user_noises(out)
     noise = user_level_noise(settings, user_noises)
     arrays, frozen = (ArrayRecord(s) for s in split_state(network, settings.local.trained))
-    validated = ValidatedStrategy(make_strategy(settings, noise), settings.max_update_norm)
+    validated = ValidatedStrategy(
+        make_strategy(settings, noise), settings.max_update_norm, settings.min_update_share
+    )
     strategy = BudgetStrategy(FrozenPartsStrategy(validated, frozen))
     key = _signing_key(out)
     result: dict[str, Any] = {}
@@ -159,6 +162,7 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
             devices=len(messages),
             failed=sum(r.has_error() for r in replies),
             dropped=len(validated.dropped) - dropped_before,
+            applied=aggregated is not None,
             refused=len(strategy.refused) - refused_before,
             out_of_budget=len(strategy.exhausted),
             loss=_mean_metric(replies, "train-loss"),

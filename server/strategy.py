@@ -13,7 +13,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedrec.shared.federated.records import FROZEN_RECORD
-from fedrec.shared.federated.validation import update_problem
+from fedrec.shared.federated.validation import too_few_updates, update_problem
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +56,14 @@ class WrappedStrategy(Strategy):
 class ValidatedStrategy(WrappedStrategy):
     """Delegates to ``inner``; a training reply whose arrays have the wrong names, shapes or
     dtypes, non-finite values, an update norm above ``max_update_norm``, or no valid example
-    count is dropped with a logged reason (and kept in ``dropped``) before ``inner`` sees it."""
+    count is dropped with a logged reason (and kept in ``dropped``) before ``inner`` sees it.
+    A round in which fewer than ``min_update_share`` of the replies are usable updates (the
+    rest failed or were dropped) is not aggregated: the global model stays as it was."""
 
-    def __init__(self, inner: Strategy, max_update_norm: float) -> None:
+    def __init__(self, inner: Strategy, max_update_norm: float, min_update_share: float) -> None:
         super().__init__(inner)
         self.max_update_norm = max_update_norm
+        self.min_update_share = min_update_share
         self.dropped: list[tuple[int, int, str]] = []  # (round, node, reason)
         self._reference: dict[str, npt.NDArray[np.generic]] = {}
 
@@ -73,8 +76,9 @@ class ValidatedStrategy(WrappedStrategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        kept = []
+        kept, seen = [], 0
         for reply in replies:
+            seen += 1
             problem = None if reply.has_error() else self.problem(reply)
             if problem is None:
                 kept.append(reply)
@@ -84,6 +88,13 @@ class ValidatedStrategy(WrappedStrategy):
                 "round %d: dropped the update of node %d: %s", server_round, node, problem
             )
             self.dropped.append((server_round, node, problem))
+        usable = sum(not reply.has_error() for reply in kept)
+        shortfall = too_few_updates(usable, seen, self.min_update_share)
+        if shortfall is not None:
+            logger.warning(
+                "round %d: the global model stays as it was: %s", server_round, shortfall
+            )
+            return None, None
         return self.inner.aggregate_train(server_round, kept)
 
     def problem(self, reply: Message) -> str | None:

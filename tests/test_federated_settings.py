@@ -58,6 +58,8 @@ def test_run_config_round_trip_and_unknown_keys() -> None:
         FederationSettings.from_run_config({"rounds-typo": 3})
     with pytest.raises(ValueError, match="fraction_evaluate must be in"):
         FederationSettings(fraction_evaluate=1.5)
+    with pytest.raises(ValueError, match="min_update_share must be in"):
+        FederationSettings(min_update_share=1.5)
 
 
 def test_a_resumed_run_without_user_level_budget_fails_before_it_starts(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from fedrec.shared.federated.validation import update_problem
+from fedrec.shared.federated.validation import too_few_updates, update_problem
 
 REFERENCE = {"a": np.zeros((3, 4), np.float32), "b": np.ones(5, np.float32)}
 
@@ -37,3 +37,11 @@ def test_bad_updates_are_refused_with_the_reason(bad: dict[str, np.ndarray], rea
     problem = update_problem(REFERENCE, bad, max_norm=1.0)
     assert problem is not None
     assert re.search(reason, problem), problem
+
+
+def test_a_round_with_too_few_usable_updates_is_not_applied() -> None:
+    assert too_few_updates(usable=2, replies=3, min_share=0.5) is None
+    assert too_few_updates(usable=1, replies=2, min_share=0.5) is None  # exactly half
+    reason = too_few_updates(usable=1, replies=120, min_share=0.5)
+    assert reason == "1 of 120 updates usable, below min-update-share 0.5"
+    assert too_few_updates(usable=0, replies=3, min_share=0.0) is None  # the check off

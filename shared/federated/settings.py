@@ -41,6 +41,7 @@ class FederationSettings:
     strategy: Strategy = "fedavg"
     server_learning_rate: float = 1e-2
     max_update_norm: float = 50.0
+    min_update_share: float = 0.5
     bundle_every: int = 1
     bundle_format: BundleFormat = "fp32"
     out: str = "fedrec-run"
@@ -63,6 +64,8 @@ class FederationSettings:
             raise ValueError(f"strategy must be 'fedavg' or 'fedadam', got {self.strategy!r}")
         if self.bundle_format not in ("fp32", "int8"):
             raise ValueError(f"bundle-format must be 'fp32' or 'int8', got {self.bundle_format!r}")
+        if not 0 <= self.min_update_share <= 1:
+            raise ValueError(f"min_update_share must be in [0, 1], got {self.min_update_share}")
         if self.max_update_norm <= 0 or self.server_learning_rate <= 0:
             raise ValueError("max_update_norm and server_learning_rate must be positive")
         if not 0 <= self.participation_margin <= 10:

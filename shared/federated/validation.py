@@ -11,6 +11,14 @@ import numpy.typing as npt
 Arrays = Mapping[str, npt.NDArray[np.generic]]
 
 
+def too_few_updates(usable: int, replies: int, min_share: float) -> str | None:
+    """Why a round whose ``replies`` gave ``usable`` updates (the rest failed or were dropped)
+    must leave the global model as it was, or None: fewer than ``min_share`` of them usable."""
+    if usable < min_share * replies:
+        return f"{usable} of {replies} updates usable, below min-update-share {min_share:g}"
+    return None
+
+
 def update_problem(reference: Arrays, update: Arrays, max_norm: float) -> str | None:
     """Why ``update`` (a device's weights) cannot be aggregated against the global weights
     ``reference``, or None when it can: the same names, shapes and float dtypes, finite values,
