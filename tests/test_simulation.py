@@ -302,3 +302,39 @@ def test_a_restarted_server_resumes_and_devices_out_of_budget_refuse(run: Run) -
         budgets[str(partition)] = ledger.spent
     # one budget per device across the restart (Flower's node ids change with it)
     assert json.loads((out / "budgets.json").read_text()) == pytest.approx(budgets)
+
+
+class FailMost:
+    """A client mod: in round 1 every device but the last fails its training."""
+
+    def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        partition = int(context.node_config["partition-id"])
+        server_round = int(msg.content.config_records["config"]["server-round"])
+        if msg.metadata.message_type == "train" and server_round == 1 and partition < DEVICES - 1:
+            raise RuntimeError(f"device {partition} went offline")
+        return call_next(msg, context)
+
+
+def test_a_round_with_too_few_usable_updates_leaves_the_model_as_it_was(tmp_path: Path) -> None:
+    settings = FederationSettings(
+        data="demo",
+        devices=DEVICES,
+        rounds=1,
+        fraction_evaluate=0.0,
+        out=str(tmp_path),
+        model=ModelConfig(hidden_dim=16, pool_window=5),
+        local=LocalConfig(batch_size=8, negatives=10, max_examples=24, context=5, trained=TRAINED),
+    )
+    original = simulation_run.make_client_app
+    simulation_run.make_client_app = lambda s: original(s, mods=[FailMost()])  # type: ignore[assignment]
+    try:
+        simulation_run.simulate(settings)
+    finally:
+        simulation_run.make_client_app = original  # type: ignore[assignment]
+    (line,) = [json.loads(text) for text in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert (line["devices"], line["failed"], line["applied"]) == (DEVICES, DEVICES - 1, False)
+    torch.manual_seed(settings.seed)
+    initial = Recommender(settings.model).state_dict()
+    with np.load(tmp_path / CHECKPOINT) as saved:
+        for name, value in initial.items():
+            assert np.array_equal(saved[name], value.numpy()), name
