@@ -97,8 +97,7 @@ def train_device(settings: FederationSettings, partition: int, content: RecordDi
     if privacy.enabled and not _affordable(ledger, plan, privacy):
         logger.info("device %d: round %d would exceed its budget; refused", partition, server_round)
         refusal = {"num-examples": 0, "epsilon": ledger.spent, "device-weight": 1}
-        refusal["device"] = partition
-        flags = {"budget-refused": 1, "budget-exhausted": 1}
+        flags = {"budget-refused": 1, "budget-exhausted": 1, "device": partition}
         return RecordDict({"metrics": MetricRecord({**refusal, **flags})})
     result = train_local(
         network,

@@ -76,20 +76,20 @@ class ValidatedStrategy(WrappedStrategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        kept, seen = [], 0
+        replies = list(replies)
+        kept, usable = [], 0
         for reply in replies:
-            seen += 1
             problem = None if reply.has_error() else self.problem(reply)
             if problem is None:
                 kept.append(reply)
+                usable += not reply.has_error()
                 continue
             node = reply.metadata.src_node_id
             logger.warning(
                 "round %d: dropped the update of node %d: %s", server_round, node, problem
             )
             self.dropped.append((server_round, node, problem))
-        usable = sum(not reply.has_error() for reply in kept)
-        shortfall = too_few_updates(usable, seen, self.min_update_share)
+        shortfall = too_few_updates(usable, len(replies), self.min_update_share)
         if shortfall is not None:
             logger.warning(
                 "round %d: the global model stays as it was: %s", server_round, shortfall
