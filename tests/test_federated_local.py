@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 from collections.abc import Sequence
 
 import dp_accounting
@@ -141,6 +142,29 @@ def test_dp_rounds_accumulate_epsilon_within_the_planned_budget() -> None:
     q = 4 / len(examples)
     steps = 3 * LOCAL.epochs * round(1 / q)  # rounds x epochs x steps per epoch
     assert state["history"] == [[pytest.approx(result.noise_multiplier), pytest.approx(q), steps]]
+
+
+def test_a_dp_round_leaves_no_tensors_for_the_garbage_collector() -> None:
+    """Opacus' hooks put the per-example gradients in reference cycles; a round releases
+    them, so that a process training device after device (a Ray actor) does not grow until
+    a full collection happens to run."""
+    network = Recommender(SMALL)
+    examples = device_examples(sequences(), 0, 4, 100)
+    privacy = PrivacyConfig()
+    planned = plan(examples, privacy, 3)
+    train_local(network, table(), ITEMS, examples, LOCAL, privacy, planned)  # warm caches
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # unreachable objects go to gc.garbage, for inspection
+    try:
+        train_local(network, table(), ITEMS, examples, LOCAL, privacy, planned, seed=1)
+        gc.collect()
+        cyclic = [o for o in gc.garbage if isinstance(o, torch.Tensor)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert cyclic == []
 
 
 def test_fixed_noise_and_the_prv_accountant() -> None:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from opacus import PrivacyEngine
+from opacus import GradSampleModule, PrivacyEngine
 from opacus.accountants.utils import get_noise_multiplier
 from opacus.validators import ModuleValidator
 from torch import nn
@@ -236,6 +236,12 @@ def train_local(
             count += n
     names = network.state_dict().keys()  # DPLSTM also lists its cells' own names: drop them
     network.load_state_dict({k: v for k, v in trained_state(scorer).items() if k in names})
+    if isinstance(scorer, GradSampleModule):
+        # Opacus' hooks hold the per-example gradients in reference cycles, which only a
+        # full garbage collection frees: release them now (without this, a Ray actor grew
+        # from 0.7 to 2.0 GB over 50 devices' rounds on MovieLens)
+        optimizer.zero_grad(set_to_none=True)
+        scorer._close()
     epsilon = state = None
     if engine is not None:
         options = accountant_options(privacy.accountant)
