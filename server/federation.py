@@ -28,10 +28,13 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
+from fedrec.server.averaging import average_weight, moving_average
 from fedrec.server.strategy import (
     BudgetStrategy,
     FrozenPartsStrategy,
+    ScheduledStepStrategy,
     ValidatedStrategy,
+    array_record,
     record_arrays,
 )
 from fedrec.shared.bundle import (
@@ -53,9 +56,12 @@ from fedrec.simulations.world import World, load_world
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.npz"
+#: The prefix of the weights devices train from in a checkpoint, where they differ from the
+#: published ones (under a moving average).
+TRAINING = "training/"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
-#: The epsilon each device last reported, by Flower node id (for the privacy report).
+#: The epsilon each device last reported, by its partition id (for the privacy report).
 BUDGETS = "budgets.json"
 
 
@@ -119,17 +125,20 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
     world = load_world(settings.data, settings.devices)
     torch.manual_seed(settings.seed)
     network = Recommender(settings.model)
-    first = load_checkpoint(out, network) + 1
+    done, training = _resume(out, network)
+    first = done + 1
     if first == 1:
         (out / METRICS).unlink(missing_ok=True)
         (out / BUDGETS).unlink(missing_ok=True)
     spent = _load_budgets(out)
     user_noises = recorded_user_noises(out)
     noise = user_level_noise(settings, user_noises)
-    arrays, frozen = (ArrayRecord(s) for s in split_state(network, settings.local.trained))
-    validated = ValidatedStrategy(
-        make_strategy(settings, noise), settings.max_update_norm, settings.min_update_share
+    published, frozen = (ArrayRecord(s) for s in split_state(network, settings.local.trained))
+    arrays = published if training is None else _trained_part(training, published)
+    scheduled = ScheduledStepStrategy(
+        make_strategy(settings, noise), settings.server_schedule, settings.rounds
     )
+    validated = ValidatedStrategy(scheduled, settings.max_update_norm, settings.min_update_share)
     strategy = BudgetStrategy(FrozenPartsStrategy(validated, frozen))
     key = _signing_key(out)
     result: dict[str, Any] = {}
@@ -148,10 +157,14 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
         aggregated, _ = strategy.aggregate_train(server_round, replies)
         if aggregated is not None:
             arrays = aggregated
-            state = {**frozen.to_torch_state_dict(), **arrays.to_torch_state_dict()}
-            network.load_state_dict(state)
+        keep = average_weight(settings.average_decay, server_round)
+        published = array_record(
+            moving_average(record_arrays(published), record_arrays(arrays), keep)
+        )
+        state = {**frozen.to_torch_state_dict(), **published.to_torch_state_dict()}
+        network.load_state_dict(state)
         evaluation = evaluate(_scorer(network, world), world.split, EvaluationConfig(resamples=200))
-        asked = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
+        asked = list(strategy.configure_evaluate(server_round, published, ConfigRecord(), grid))
         answers = list(grid.send_and_receive(asked, timeout=3600)) if asked else []
         device_metrics = strategy.aggregate_evaluate(server_round, answers)
         if server_round % settings.bundle_every == 0 or server_round == settings.rounds:
@@ -182,7 +195,7 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
                 owner = device if isinstance(device, int) else reply.metadata.src_node_id
                 spent[str(owner)] = float(epsilon)
         _write_atomic(out / BUDGETS, json.dumps(spent, indent=1) + "\n")
-        _save_checkpoint(out, network, server_round)
+        _save_checkpoint(out, network, arrays if settings.average_decay else None, server_round)
         with (out / METRICS).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(report.__dict__) + "\n")
         logger.info("round %d: %s", server_round, _brief(report))
@@ -239,17 +252,35 @@ def _signing_key(out: Path) -> Any:
 
 
 def load_checkpoint(out: Path, network: Recommender) -> int:
-    """Load the run's checkpoint weights into ``network``; the last round it holds (0 without
-    one)."""
+    """Load the run's published weights (the global model, or its moving average) from its
+    checkpoint into ``network``; the last round it holds (0 without one)."""
+    return _resume(out, network)[0]
+
+
+def _resume(out: Path, network: Recommender) -> tuple[int, ArrayRecord | None]:
+    """The checkpoint's last round (0 without one), with its published weights loaded into
+    ``network``, and the weights devices train from when they differ (``training/`` keys:
+    under a moving average), else None."""
     path = out / CHECKPOINT
     if not path.exists():
-        return 0
+        return 0, None
     with np.load(path) as saved:
-        state = {k: torch.from_numpy(saved[k]) for k in saved.files if k != "__round__"}
-        network.load_state_dict(state)
+        arrays = {k: saved[k] for k in saved.files if k != "__round__"}
         done = int(saved["__round__"])
+    training = {k.removeprefix(TRAINING): v for k, v in arrays.items() if k.startswith(TRAINING)}
+    state = {k: torch.from_numpy(v) for k, v in arrays.items() if not k.startswith(TRAINING)}
+    network.load_state_dict(state)
     logger.info("resuming after round %d from %s", done, path)
-    return done
+    return done, array_record(training) if training else None
+
+
+def _trained_part(training: ArrayRecord, published: ArrayRecord) -> ArrayRecord:
+    """The checkpoint's training weights, which must be the published ones' parts."""
+    if set(training) != set(published):
+        raise ValueError(
+            f"the checkpoint trains {sorted(training)} but this run trains {sorted(published)}"
+        )
+    return training
 
 
 def _load_budgets(out: Path) -> dict[str, float]:
@@ -266,8 +297,14 @@ def _write_atomic(path: Path, text: str) -> None:
     temp.replace(path)
 
 
-def _save_checkpoint(out: Path, network: Recommender, server_round: int) -> None:
+def _save_checkpoint(
+    out: Path, network: Recommender, training: ArrayRecord | None, server_round: int
+) -> None:
+    """The published weights (``network``), and the weights devices train from when they
+    differ (``training``, under ``training/`` keys)."""
     arrays = {k: v.detach().numpy() for k, v in network.state_dict().items()}
+    if training is not None:
+        arrays.update({TRAINING + k: v for k, v in record_arrays(training).items()})
     temp = out / f".{CHECKPOINT}.tmp"
     with temp.open("wb") as handle:
         np.savez(handle, __round__=np.array(server_round), **arrays)

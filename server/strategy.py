@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -21,6 +21,11 @@ logger = logging.getLogger(__name__)
 def record_arrays(record: ArrayRecord) -> dict[str, npt.NDArray[np.generic]]:
     """An ArrayRecord as numpy arrays by name."""
     return {name: array.numpy() for name, array in record.items()}
+
+
+def array_record(arrays: dict[str, npt.NDArray[np.generic]]) -> ArrayRecord:
+    """Numpy arrays by name as an ArrayRecord (the inverse of ``record_arrays``)."""
+    return ArrayRecord({name: Array(value) for name, value in arrays.items()})
 
 
 class WrappedStrategy(Strategy):
@@ -53,7 +58,59 @@ class WrappedStrategy(Strategy):
         self.inner.summary()
 
 
-class ValidatedStrategy(WrappedStrategy):
+class ReferenceStrategy(WrappedStrategy):
+    """A wrapper that keeps the weights of the round it is asked to train (``reference``),
+    which the updates it sees start from."""
+
+    def __init__(self, inner: Strategy) -> None:
+        super().__init__(inner)
+        self.reference: dict[str, npt.NDArray[np.generic]] = {}
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.reference = record_arrays(arrays)
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+
+def server_step(schedule: str, server_round: int, rounds: int) -> float:
+    """The share of the aggregate's step the server takes in ``server_round`` of ``rounds``:
+    1 for ``constant``; for ``cosine``, from 1 in round 1 down along half a cosine,
+    ``(1 + cos(pi * (round - 1) / rounds)) / 2``."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return (1 + math.cos(math.pi * (server_round - 1) / rounds)) / 2
+    raise ValueError(f"server-schedule must be 'constant' or 'cosine', got {schedule!r}")
+
+
+class ScheduledStepStrategy(ReferenceStrategy):
+    """Delegates to ``inner`` and moves the global weights from where they were towards
+    ``inner``'s aggregate by ``server_step(schedule, round, rounds)`` of the way: a server
+    learning rate that falls over the run, so that late rounds (and under DP their noise)
+    move the model less."""
+
+    def __init__(self, inner: Strategy, schedule: str, rounds: int) -> None:
+        super().__init__(inner)
+        server_step(schedule, 1, rounds)  # a bad schedule fails here, before any round
+        self.schedule, self.rounds = schedule, rounds
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        aggregated, metrics = self.inner.aggregate_train(server_round, replies)
+        step = server_step(self.schedule, server_round, self.rounds)
+        if aggregated is None or step == 1:
+            return aggregated, metrics
+        new = record_arrays(aggregated)
+        moved = {}
+        for name, old in self.reference.items():
+            start = old.astype(np.float64)
+            moved[name] = (start + step * (new[name].astype(np.float64) - start)).astype(old.dtype)
+        return array_record(moved), metrics
+
+
+class ValidatedStrategy(ReferenceStrategy):
     """Delegates to ``inner``; a training reply whose arrays have the wrong names, shapes or
     dtypes, non-finite values, an update norm above ``max_update_norm``, or no valid example
     count is dropped with a logged reason (and kept in ``dropped``) before ``inner`` sees it.
@@ -65,13 +122,6 @@ class ValidatedStrategy(WrappedStrategy):
         self.max_update_norm = max_update_norm
         self.min_update_share = min_update_share
         self.dropped: list[tuple[int, int, str]] = []  # (round, node, reason)
-        self._reference: dict[str, npt.NDArray[np.generic]] = {}
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        self._reference = record_arrays(arrays)
-        return self.inner.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -106,7 +156,7 @@ class ValidatedStrategy(WrappedStrategy):
         if not isinstance(count, int | float) or not math.isfinite(count) or count < 1:
             return f"bad num-examples {count!r}"
         arrays = record_arrays(content.array_records["arrays"])
-        return update_problem(self._reference, arrays, self.max_update_norm)
+        return update_problem(self.reference, arrays, self.max_update_norm)
 
     def summary(self) -> None:
         logger.info("updates validated (max update norm %s), then:", self.max_update_norm)

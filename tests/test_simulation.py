@@ -16,7 +16,7 @@ import pytest
 import torch
 from dp_accounting import rdp
 from flwr.app import Array, Context, Message
-from flwr.clientapp.typing import ClientAppCallable
+from flwr.clientapp.typing import ClientAppCallable, Mod
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from fedrec.client.app import LEDGER_RECORD
@@ -75,26 +75,33 @@ class Capture:
         return reply
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    out = tmp_path_factory.mktemp("federation")
-    settings = FederationSettings(
+def small_federation(out: Path, **overrides: Any) -> FederationSettings:
+    """A federation of ``DEVICES`` devices on the demo data with a tiny network that trains
+    ``TRAINED``, writing to ``out``; ``overrides`` set the rest."""
+    return FederationSettings(
         data="demo",
         devices=DEVICES,
-        rounds=2,
         out=str(out),
         model=ModelConfig(hidden_dim=16, pool_window=5),
         local=LocalConfig(batch_size=8, negatives=10, max_examples=24, context=5, trained=TRAINED),
-        user_privacy=UserPrivacyConfig(enabled=True),
+        **overrides,
     )
-    capture = Capture(out / "captured")
-    original = simulation_run.make_client_app
-    simulation_run.make_client_app = lambda s: original(s, mods=[capture])  # type: ignore[assignment]
-    try:
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    out = tmp_path_factory.mktemp("federation")
+    settings = small_federation(out, rounds=2, user_privacy=UserPrivacyConfig(enabled=True))
+    with pytest.MonkeyPatch.context() as patch:
+        wrap_devices(patch, Capture(out / "captured"))
         summary = simulation_run.simulate(settings)
-    finally:
-        simulation_run.make_client_app = original  # type: ignore[assignment]
     return settings, summary, out
+
+
+def wrap_devices(patch: pytest.MonkeyPatch, mod: Mod) -> None:
+    """Wrap every device's ClientApp in the simulations that follow with ``mod``."""
+    original = simulation_run.make_client_app
+    patch.setattr(simulation_run, "make_client_app", lambda s: original(s, mods=[mod]))
 
 
 def test_rounds_are_reported_with_failed_and_poisoned_devices_left_out(run: Run) -> None:
@@ -315,22 +322,12 @@ class FailMost:
         return call_next(msg, context)
 
 
-def test_a_round_with_too_few_usable_updates_leaves_the_model_as_it_was(tmp_path: Path) -> None:
-    settings = FederationSettings(
-        data="demo",
-        devices=DEVICES,
-        rounds=1,
-        fraction_evaluate=0.0,
-        out=str(tmp_path),
-        model=ModelConfig(hidden_dim=16, pool_window=5),
-        local=LocalConfig(batch_size=8, negatives=10, max_examples=24, context=5, trained=TRAINED),
-    )
-    original = simulation_run.make_client_app
-    simulation_run.make_client_app = lambda s: original(s, mods=[FailMost()])  # type: ignore[assignment]
-    try:
-        simulation_run.simulate(settings)
-    finally:
-        simulation_run.make_client_app = original  # type: ignore[assignment]
+def test_a_round_with_too_few_usable_updates_leaves_the_model_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = small_federation(tmp_path, rounds=1, fraction_evaluate=0.0)
+    wrap_devices(monkeypatch, FailMost())
+    simulation_run.simulate(settings)
     (line,) = [json.loads(text) for text in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert (line["devices"], line["failed"], line["applied"]) == (DEVICES, DEVICES - 1, False)
     torch.manual_seed(settings.seed)
@@ -338,3 +335,69 @@ def test_a_round_with_too_few_usable_updates_leaves_the_model_as_it_was(tmp_path
     with np.load(tmp_path / CHECKPOINT) as saved:
         for name, value in initial.items():
             assert np.array_equal(saved[name], value.numpy()), name
+
+
+class Received:
+    """A client mod that keeps the arrays each device is sent to train from, by round."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        if msg.metadata.message_type == "train":
+            server_round = int(msg.content.config_records["config"]["server-round"])
+            arrays = msg.content.array_records["arrays"]
+            self.folder.mkdir(exist_ok=True)
+            path = self.folder / f"{context.node_config['partition-id']}-round{server_round}.npz"
+            np.savez(path, **{name: array.numpy() for name, array in arrays.items()})
+        return call_next(msg, context)
+
+
+def test_the_server_publishes_a_moving_average_and_devices_train_the_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under ``average_decay`` the checkpoint, the bundles and federated evaluation carry the
+    moving average; devices train from the weights themselves, also after a restart."""
+    settings = small_federation(tmp_path, rounds=1, average_decay=0.5)
+    received = tmp_path / "received"
+    wrap_devices(monkeypatch, Received(received))
+    simulation_run.simulate(settings)
+    first = _checkpoint(tmp_path)
+    simulation_run.simulate(dataclasses.replace(settings, rounds=2))  # a restarted server
+    second = _checkpoint(tmp_path)
+    torch.manual_seed(settings.seed)
+    initial = {k: v.numpy() for k, v in Recommender(settings.model).state_dict().items()}
+    trained = set(trained_names(Recommender(settings.model), TRAINED))
+    assert {k.removeprefix("training/") for k in first if k.startswith("training/")} == trained
+    keep = (0.0, 1 / 3)  # round 1: w1 (never the initial weights); round 2: (w1 / 2 + w2) / 1.5
+    for name, value in initial.items():
+        if name not in trained:
+            assert np.array_equal(first[name], value) and np.array_equal(second[name], value)
+            continue
+        assert not np.allclose(first[f"training/{name}"], value), name
+        mixed = keep[0] * value + (1 - keep[0]) * first[f"training/{name}"]
+        np.testing.assert_allclose(first[name], mixed, rtol=1e-5, atol=1e-7)
+        mixed = keep[1] * first[name] + (1 - keep[1]) * second[f"training/{name}"]
+        np.testing.assert_allclose(second[name], mixed, rtol=1e-5, atol=1e-7)
+        for partition in range(DEVICES):
+            with np.load(received / f"{partition}-round2.npz") as sent:
+                assert np.array_equal(sent[name], first[f"training/{name}"]), name
+    network = Recommender(settings.model)
+    network.load_state_dict({k: torch.from_numpy(v) for k, v in second.items() if "/" not in k})
+    world = load_world(settings.data, settings.devices)
+    public = load_private_key(tmp_path / "server.key").public_key()
+    bundle = verify_bundle((tmp_path / "bundles" / "items-2.bundle").read_bytes(), public)
+    with torch.no_grad():
+        expected = network.items(world.features.table[: world.split.num_items]).numpy()
+    np.testing.assert_allclose(bundle.dense(), expected, atol=1e-6)
+    scorer = NetworkRecommender(network.eval())
+    scorer.use(world.split, world.sequences, world.features)
+    positions = np.array([world.position_of(p) for p in range(DEVICES)])
+    evaluated = point_estimates(*rank_users(scorer, world.split, positions), world.split.num_items)
+    line = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert line["device_metrics"]["mrr"] == pytest.approx(evaluated["mrr"], abs=1e-12)
+
+
+def _checkpoint(out: Path) -> dict[str, np.ndarray]:
+    with np.load(out / CHECKPOINT) as saved:
+        return {k: saved[k] for k in saved.files if k != "__round__"}

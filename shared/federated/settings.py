@@ -7,13 +7,14 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from fedrec.shared.federated.local import LocalConfig, PrivacyConfig
 from fedrec.shared.federated.user_level import UserPrivacyConfig
 from fedrec.shared.model.network import ModelConfig, Recommender, trained_names
 
 Strategy = Literal["fedavg", "fedadam"]
+ServerSchedule = Literal["constant", "cosine"]
 BundleFormat = Literal["fp32", "int8"]
 
 
@@ -28,9 +29,11 @@ class FederationSettings:
     """One federated run: data and devices, rounds and strategy, local training and DP, and
     where the server writes its metrics, checkpoints and bundles (``out``). A device plans its
     DP noise for ``participation_margin`` standard deviations above the number of rounds it
-    is expected to be sampled for (``planned_participations``). ``canaries`` > 0
-    plants that many audit canaries (``fedrec.simulations.audit``), ``canary_repeats`` times
-    each, in the first devices."""
+    is expected to be sampled for (``planned_participations``). ``server_schedule`` scales
+    the server's step over the rounds (``fedrec.server.strategy.server_step``); with
+    ``average_decay`` > 0 the server evaluates and publishes a moving average of the global
+    weights (``fedrec.server.averaging``). ``canaries`` > 0 plants that many audit canaries
+    (``fedrec.simulations.audit``), ``canary_repeats`` times each, in the first devices."""
 
     data: str = "demo"
     devices: int = 50
@@ -40,8 +43,10 @@ class FederationSettings:
     participation_margin: float = 2.0
     strategy: Strategy = "fedavg"
     server_learning_rate: float = 1e-2
+    server_schedule: ServerSchedule = "constant"
     max_update_norm: float = 50.0
     min_update_share: float = 0.5
+    average_decay: float = 0.0
     bundle_every: int = 1
     bundle_format: BundleFormat = "fp32"
     out: str = "fedrec-run"
@@ -62,10 +67,17 @@ class FederationSettings:
             raise ValueError(f"fraction_evaluate must be in [0, 1], got {self.fraction_evaluate}")
         if self.strategy not in ("fedavg", "fedadam"):
             raise ValueError(f"strategy must be 'fedavg' or 'fedadam', got {self.strategy!r}")
+        if self.server_schedule not in get_args(ServerSchedule):
+            raise ValueError(
+                f"server_schedule must be one of {get_args(ServerSchedule)}, "
+                f"got {self.server_schedule!r}"
+            )
         if self.bundle_format not in ("fp32", "int8"):
             raise ValueError(f"bundle-format must be 'fp32' or 'int8', got {self.bundle_format!r}")
         if not 0 <= self.min_update_share <= 1:
             raise ValueError(f"min_update_share must be in [0, 1], got {self.min_update_share}")
+        if not 0 <= self.average_decay < 1:
+            raise ValueError(f"average_decay must be in [0, 1), got {self.average_decay}")
         if self.max_update_norm <= 0 or self.server_learning_rate <= 0:
             raise ValueError("max_update_norm and server_learning_rate must be positive")
         if not 0 <= self.participation_margin <= 10:

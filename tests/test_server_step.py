@@ -1,0 +1,74 @@
+"""The server's step schedule: how far the global weights move towards each round's aggregate."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import cast
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedrec.server.strategy import (
+    ScheduledStepStrategy,
+    WrappedStrategy,
+    array_record,
+    record_arrays,
+    server_step,
+)
+from fedrec.shared.federated.settings import FederationSettings
+
+
+def test_the_cosine_schedule_falls_from_a_whole_step() -> None:
+    assert [server_step("constant", r, 10) for r in (1, 5, 10)] == [1.0, 1.0, 1.0]
+    steps = [server_step("cosine", r, 10) for r in range(1, 11)]
+    assert steps[0] == 1.0 and steps[5] == pytest.approx(0.5)  # round 6 of 10: halfway
+    assert all(a > b > 0 for a, b in itertools.pairwise(steps))
+    assert steps[-1] == pytest.approx((1 + np.cos(np.pi * 0.9)) / 2)
+
+
+def test_an_unknown_schedule_is_an_error_that_names_it() -> None:
+    with pytest.raises(ValueError, match="server-schedule"):
+        server_step("linear", 1, 10)
+    with pytest.raises(ValueError, match="server_schedule"):
+        FederationSettings().with_run_config({"server-schedule": "linear"})
+
+
+class FixedAggregate(WrappedStrategy):
+    """An inner strategy whose aggregate is always ``target``."""
+
+    def __init__(self, target: dict[str, np.ndarray]) -> None:
+        super().__init__(cast(Strategy, None))
+        self.target = target
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return []
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return array_record(self.target), MetricRecord({"train-loss": 1.0})
+
+
+def test_the_server_moves_its_step_of_the_way_towards_the_aggregate() -> None:
+    start = {"w": np.zeros(4, np.float32), "b": np.full(2, 2.0, np.float32)}
+    target = {"w": np.ones(4, np.float32), "b": np.zeros(2, np.float32)}
+    strategy = ScheduledStepStrategy(FixedAggregate(target), "cosine", rounds=10)
+    for server_round in (1, 6, 10):
+        strategy.configure_train(
+            server_round, array_record(start), ConfigRecord(), cast(Grid, None)
+        )
+        moved, metrics = strategy.aggregate_train(server_round, [])
+        assert moved is not None and metrics is not None
+        step = server_step("cosine", server_round, 10)
+        got = record_arrays(moved)
+        np.testing.assert_allclose(got["w"], np.full(4, step), rtol=1e-6)
+        np.testing.assert_allclose(got["b"], np.full(2, 2.0 * (1 - step)), rtol=1e-6)
+        assert got["w"].dtype == np.float32
+    with pytest.raises(ValueError, match="server-schedule"):
+        ScheduledStepStrategy(FixedAggregate(target), "steps", rounds=10)
