@@ -90,7 +90,15 @@ class RoundReport:
 
 def make_strategy(settings: FederationSettings, user_noise: float | None = None) -> Strategy:
     """FedAvg or FedAdam over the sampled devices, weighted by their example counts; under
-    user-level DP, weighted equally and wrapped by Flower's server-side clipping and noise."""
+    user-level DP, weighted equally and wrapped by Flower's server-side clipping and noise;
+    under a server schedule other than ``constant``, wrapped by ``ScheduledStepStrategy``."""
+    strategy = _aggregation(settings, user_noise)
+    if settings.server_schedule == "constant":
+        return strategy
+    return ScheduledStepStrategy(strategy, settings.server_schedule, settings.rounds)
+
+
+def _aggregation(settings: FederationSettings, user_noise: float | None) -> Strategy:
     user_level = settings.user_privacy
     common: dict[str, Any] = {
         "fraction_train": settings.fraction_train,
@@ -135,10 +143,9 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
     noise = user_level_noise(settings, user_noises)
     published, frozen = (ArrayRecord(s) for s in split_state(network, settings.local.trained))
     arrays = published if training is None else _trained_part(training, published)
-    scheduled = ScheduledStepStrategy(
-        make_strategy(settings, noise), settings.server_schedule, settings.rounds
+    validated = ValidatedStrategy(
+        make_strategy(settings, noise), settings.max_update_norm, settings.min_update_share
     )
-    validated = ValidatedStrategy(scheduled, settings.max_update_norm, settings.min_update_share)
     strategy = BudgetStrategy(FrozenPartsStrategy(validated, frozen))
     key = _signing_key(out)
     result: dict[str, Any] = {}
@@ -158,11 +165,14 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
         if aggregated is not None:
             arrays = aggregated
         keep = average_weight(settings.average_decay, server_round)
-        published = array_record(
-            moving_average(record_arrays(published), record_arrays(arrays), keep)
-        )
-        state = {**frozen.to_torch_state_dict(), **published.to_torch_state_dict()}
-        network.load_state_dict(state)
+        if keep:
+            average = moving_average(record_arrays(published), record_arrays(arrays), keep)
+            published = array_record(average)
+        else:
+            published = arrays
+        if keep or aggregated is not None:
+            state = {**frozen.to_torch_state_dict(), **published.to_torch_state_dict()}
+            network.load_state_dict(state)
         evaluation = evaluate(_scorer(network, world), world.split, EvaluationConfig(resamples=200))
         asked = list(strategy.configure_evaluate(server_round, published, ConfigRecord(), grid))
         answers = list(grid.send_and_receive(asked, timeout=3600)) if asked else []

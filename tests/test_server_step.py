@@ -12,6 +12,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedrec.server.federation import make_strategy
 from fedrec.server.strategy import (
     ScheduledStepStrategy,
     WrappedStrategy,
@@ -72,3 +73,10 @@ def test_the_server_moves_its_step_of_the_way_towards_the_aggregate() -> None:
         assert got["w"].dtype == np.float32
     with pytest.raises(ValueError, match="server-schedule"):
         ScheduledStepStrategy(FixedAggregate(target), "steps", rounds=10)
+
+
+def test_the_server_wraps_its_strategy_only_for_a_schedule_that_changes_the_step() -> None:
+    assert not isinstance(make_strategy(FederationSettings()), ScheduledStepStrategy)
+    scheduled = make_strategy(FederationSettings(server_schedule="cosine", rounds=7))
+    assert isinstance(scheduled, ScheduledStepStrategy)
+    assert (scheduled.schedule, scheduled.rounds) == ("cosine", 7)
