@@ -9,6 +9,8 @@ would take it past its budget.
 
 To evaluate, the device ranks the catalog for itself with the global weights and replies with
 only the metrics of its held-out item (HR@10, nDCG@10, MRR), which the server averages.
+Asked which device it is (a query message), it answers with its partition id alone, so the
+server can sample devices by it with the run's seed.
 """
 
 from __future__ import annotations
@@ -57,6 +59,13 @@ def make_client_app(
         run = settings or FederationSettings.from_run_config(context.run_config)
         partition = int(context.node_config["partition-id"])
         return Message(content=evaluate_device(run, partition, msg.content), reply_to=msg)
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        """Which device this is (its partition id), so that the server can sample devices
+        reproducibly by it; nothing else."""
+        device = MetricRecord({"device": int(context.node_config["partition-id"])})
+        return Message(content=RecordDict({"metrics": device}), reply_to=msg)
 
     return app
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
@@ -33,6 +33,7 @@ from fedrec.server.strategy import (
     BudgetStrategy,
     FrozenPartsStrategy,
     ScheduledStepStrategy,
+    SeededSamplingStrategy,
     ValidatedStrategy,
     array_record,
     record_arrays,
@@ -146,7 +147,8 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
     validated = ValidatedStrategy(
         make_strategy(settings, noise), settings.max_update_norm, settings.min_update_share
     )
-    strategy = BudgetStrategy(FrozenPartsStrategy(validated, frozen))
+    sampled = SeededSamplingStrategy(validated, settings.seed, query_partitions)
+    strategy = BudgetStrategy(FrozenPartsStrategy(sampled, frozen))
     key = _signing_key(out)
     result: dict[str, Any] = {}
     for server_round in range(first, settings.rounds + 1):
@@ -221,6 +223,28 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
         }
         (out / SUMMARY).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result
+
+
+def query_partitions(grid: Grid, nodes: list[int]) -> dict[int, int]:
+    """Ask ``nodes`` which device (partition id) each is, before they train: node id to
+    partition id for the nodes that answered."""
+    asked = [
+        Message(
+            content=RecordDict({"config": ConfigRecord({"server-round": 0})}),
+            dst_node_id=node,
+            message_type=MessageType.QUERY,
+        )
+        for node in nodes
+    ]
+    partitions = {}
+    for reply in _ok(list(grid.send_and_receive(asked, timeout=600))):
+        device = reply.content.metric_records["metrics"].get("device")
+        if isinstance(device, int):
+            partitions[reply.metadata.src_node_id] = device
+    missing = len(nodes) - len(partitions)
+    if missing:
+        logger.warning("%d of %d devices did not say which they are", missing, len(nodes))
+    return partitions
 
 
 def _scorer(network: Recommender, world: World) -> NetworkRecommender:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+import random
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -56,6 +57,65 @@ class WrappedStrategy(Strategy):
 
     def summary(self) -> None:
         self.inner.summary()
+
+
+def seeded_sample(
+    partitions: Mapping[int, int], count: int, seed: int, server_round: int, purpose: str
+) -> list[int]:
+    """``count`` of the nodes in ``partitions`` (node id to partition id), drawn by partition
+    id with a generator seeded by ``seed``, the round and the ``purpose`` (``train`` or
+    ``evaluate``): the same devices in every run with that seed, whatever node ids Flower
+    gave them."""
+    if not 0 <= count <= len(partitions):
+        raise ValueError(f"cannot sample {count} of {len(partitions)} devices")
+    population = sorted(partitions, key=lambda node: (partitions[node], node))
+    return random.Random(f"{seed}/{purpose}/{server_round}").sample(population, count)
+
+
+#: Asks the given nodes which device (partition id) each is: node id to partition id, for the
+#: nodes that answered.
+PartitionQuery = Callable[[Grid, list[int]], dict[int, int]]
+
+
+class SeededSamplingStrategy(WrappedStrategy):
+    """Delegates to ``inner`` and sends its training and evaluation requests to devices drawn
+    by ``seeded_sample`` instead of Flower's unseeded ``random``, as many as ``inner`` asked
+    for. It learns each node's partition id with ``query`` the first time it sees the node;
+    a node that does not answer is never sampled."""
+
+    def __init__(self, inner: Strategy, seed: int, query: PartitionQuery) -> None:
+        super().__init__(inner)
+        self.seed, self.query = seed, query
+        self.partitions: dict[int, int] = {}
+        self.asked: set[int] = set()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        messages = self.inner.configure_train(server_round, arrays, config, grid)
+        return self._resample(messages, grid, server_round, "train")
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        messages = self.inner.configure_evaluate(server_round, arrays, config, grid)
+        return self._resample(messages, grid, server_round, "evaluate")
+
+    def _resample(
+        self, messages: Iterable[Message], grid: Grid, server_round: int, purpose: str
+    ) -> list[Message]:
+        messages = list(messages)
+        online = set(grid.get_node_ids())
+        new = sorted(online - self.asked)
+        if new:
+            self.partitions.update(self.query(grid, new))
+            self.asked.update(new)
+        known = {node: self.partitions[node] for node in online if node in self.partitions}
+        count = min(len(messages), len(known))
+        chosen = seeded_sample(known, count, self.seed, server_round, purpose)
+        for message, node in zip(messages, chosen, strict=False):
+            message.metadata.dst_node_id = node
+        return messages[:count]
 
 
 class ReferenceStrategy(WrappedStrategy):

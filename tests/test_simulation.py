@@ -23,6 +23,7 @@ from fedrec.client.app import LEDGER_RECORD
 from fedrec.client.store import EncryptedStore
 from fedrec.server.federation import CHECKPOINT
 from fedrec.server.privacy_report import PLOTS, privacy_report
+from fedrec.server.strategy import seeded_sample
 from fedrec.shared.bundle import load_private_key, verify_bundle
 from fedrec.shared.evaluation.harness import rank_users
 from fedrec.shared.evaluation.metrics import point_estimates
@@ -191,9 +192,10 @@ def test_no_device_sends_its_texts_or_interest_vector(run: Run) -> None:
     texts = world.split.dataset.texts
     captured = sorted((out / "captured").glob("*.pkl"))
     kinds = [path.stem.rsplit("-", 1)[1] for path in captured]
-    # device 0 failed in round 1
-    assert sorted(set(kinds)) == ["evaluate", "train"], kinds
+    # each device said once which it is (for seeded sampling); device 0 failed in round 1
+    assert sorted(set(kinds)) == ["evaluate", "query", "train"], kinds
     assert kinds.count("train") == kinds.count("evaluate") == DEVICES * 2 - 1, kinds
+    assert kinds.count("query") == DEVICES, kinds
     for partition in range(DEVICES):
         user = world.user_of(partition)
         sent = [
@@ -396,6 +398,24 @@ def test_the_server_publishes_a_moving_average_and_devices_train_the_weights(
     evaluated = point_estimates(*rank_users(scorer, world.split, positions), world.split.num_items)
     line = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert line["device_metrics"]["mrr"] == pytest.approx(evaluated["mrr"], abs=1e-12)
+
+
+def test_the_run_seed_picks_the_devices_of_each_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Devices are sampled by partition id with the run's seed, so a run with the same seed
+    trains the same devices in every round, whatever node ids Flower gives them."""
+    settings = small_federation(tmp_path, rounds=3, fraction_train=0.5, seed=5)
+    received = tmp_path / "received"
+    wrap_devices(monkeypatch, Received(received))
+    simulation_run.simulate(settings)
+    partitions = {p: p for p in range(DEVICES)}
+    for server_round in (1, 2, 3):
+        trained = {
+            int(path.name.split("-")[0]) for path in received.glob(f"*-round{server_round}.npz")
+        }
+        expected = seeded_sample(partitions, settings.sampled_devices, 5, server_round, "train")
+        assert trained == set(expected), server_round
 
 
 def _checkpoint(out: Path) -> dict[str, np.ndarray]:

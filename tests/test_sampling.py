@@ -1,0 +1,92 @@
+"""Reproducible device sampling: the server draws each round's devices by partition id with
+the run's seed, not with Flower's unseeded ``random`` over random node ids."""
+
+from __future__ import annotations
+
+import random
+from typing import cast
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedrec.server.strategy import SeededSamplingStrategy, array_record, seeded_sample
+
+
+def test_the_same_seed_draws_the_same_devices_whatever_their_node_ids() -> None:
+    partitions = {1000 + p: p for p in range(50)}
+    drawn = seeded_sample(partitions, 10, seed=3, server_round=4, purpose="train")
+    assert len(set(drawn)) == 10 and set(drawn) <= set(partitions)
+    relabelled = {random.getrandbits(63): p for p in range(50)}  # another run's node ids
+    again = seeded_sample(relabelled, 10, seed=3, server_round=4, purpose="train")
+    assert [relabelled[n] for n in again] == [partitions[n] for n in drawn]
+
+
+def test_the_seed_the_round_and_the_purpose_each_change_the_draw() -> None:
+    partitions = {p: p for p in range(50)}
+    base = seeded_sample(partitions, 10, 3, 4, "train")
+    assert seeded_sample(partitions, 10, 4, 4, "train") != base
+    assert seeded_sample(partitions, 10, 3, 5, "train") != base
+    assert seeded_sample(partitions, 10, 3, 4, "evaluate") != base
+
+
+def test_a_sample_larger_than_the_devices_is_an_error() -> None:
+    with pytest.raises(ValueError, match="cannot sample 3 of 2 devices"):
+        seeded_sample({1: 0, 2: 1}, 3, 0, 1, "train")
+
+
+class Nodes:
+    """The part of a Grid that sampling uses: the node ids online."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = nodes
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.nodes)
+
+
+class Query:
+    """Answers which partition each node is, except for ``silent`` nodes; counts the asks."""
+
+    def __init__(self, partitions: dict[int, int], silent: set[int]) -> None:
+        self.partitions, self.silent = partitions, silent
+        self.asked: list[list[int]] = []
+
+    def __call__(self, grid: Grid, nodes: list[int]) -> dict[int, int]:
+        self.asked.append(nodes)
+        return {n: self.partitions[n] for n in nodes if n not in self.silent}
+
+
+def test_requests_go_to_the_seeded_devices_and_each_node_is_asked_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # what a ServerApp's process knows when Flower runs it: its task, run and node
+    for name in ("_task_id", "_run_id", "_node_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    partitions = {random.getrandbits(63): p for p in range(20)}
+    silent = {next(n for n, p in partitions.items() if p == 7)}
+    query = Query(partitions, silent)
+    inner = FedAvg(fraction_train=0.25, fraction_evaluate=0.5, min_available_nodes=20)
+    strategy = SeededSamplingStrategy(inner, seed=11, query=query)
+    grid = cast(Grid, Nodes(list(partitions)))
+    arrays = array_record({"w": np.zeros(2, np.float32)})
+    known = {n: p for n, p in partitions.items() if n not in silent}
+    for server_round in (1, 2):
+        trained = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+        assert [m.metadata.dst_node_id for m in trained] == seeded_sample(
+            known, 5, 11, server_round, "train"
+        )
+        evaluated = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
+        assert [m.metadata.dst_node_id for m in evaluated] == seeded_sample(
+            known, 10, 11, server_round, "evaluate"
+        )
+        assert all(m.metadata.dst_node_id not in silent for m in trained + evaluated)
+    assert query.asked == [sorted(partitions)]  # once, for every node, before round 1
+    newcomer = random.getrandbits(63)
+    partitions[newcomer] = 20
+    cast(Nodes, grid).nodes.append(newcomer)
+    list(strategy.configure_train(3, arrays, ConfigRecord(), grid))
+    assert query.asked[1:] == [[newcomer]]
