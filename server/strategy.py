@@ -111,11 +111,11 @@ class SeededSamplingStrategy(WrappedStrategy):
             self.partitions.update(self.query(grid, new))
             self.asked.update(new)
         known = {node: self.partitions[node] for node in online if node in self.partitions}
-        count = min(len(messages), len(known))
-        chosen = seeded_sample(known, count, self.seed, server_round, purpose)
-        for message, node in zip(messages, chosen, strict=False):
+        messages = messages[: len(known)]
+        chosen = seeded_sample(known, len(messages), self.seed, server_round, purpose)
+        for message, node in zip(messages, chosen, strict=True):
             message.metadata.dst_node_id = node
-        return messages[:count]
+        return messages
 
 
 class ReferenceStrategy(WrappedStrategy):
