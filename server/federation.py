@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -60,6 +61,9 @@ CHECKPOINT = "checkpoint.npz"
 #: The prefix of the weights devices train from in a checkpoint, where they differ from the
 #: published ones (under a moving average).
 TRAINING = "training/"
+#: The prefix of the server's Adam moments in a checkpoint (``strategy = "fedadam"``), so that
+#: a restarted server steps on from them: ``server-adam/m/NAME`` and ``server-adam/v/NAME``.
+SERVER_ADAM = "server-adam/"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 #: The epsilon each device last reported, by its partition id (for the privacy report).
@@ -110,7 +114,9 @@ def _aggregation(settings: FederationSettings, user_noise: float | None) -> Stra
         "weighted_by_key": "device-weight" if user_level.enabled else "num-examples",
     }
     if settings.strategy == "fedadam":
-        strategy: Strategy = FedAdam(**common, eta=settings.server_learning_rate)
+        strategy: Strategy = FedAdam(
+            **common, eta=settings.server_learning_rate, tau=settings.server_tau
+        )
     else:
         strategy = FedAvg(**common)
     if not user_level.enabled:
@@ -134,7 +140,7 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
     world = load_world(settings.data, settings.devices)
     torch.manual_seed(settings.seed)
     network = Recommender(settings.model)
-    done, training = _resume(out, network)
+    done, training, moments = _resume(out, network)
     first = done + 1
     if first == 1:
         (out / METRICS).unlink(missing_ok=True)
@@ -147,6 +153,9 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
     validated = ValidatedStrategy(
         make_strategy(settings, noise), settings.max_update_norm, settings.min_update_share
     )
+    adam = server_adam(validated)
+    if adam is not None and moments:
+        adam.m_t, adam.v_t = moments["m"], moments["v"]
     sampled = SeededSamplingStrategy(validated, settings.seed, query_partitions)
     strategy = BudgetStrategy(FrozenPartsStrategy(sampled, frozen))
     key = _signing_key(out)
@@ -207,7 +216,9 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
                 owner = device if isinstance(device, int) else reply.metadata.src_node_id
                 spent[str(owner)] = float(epsilon)
         _write_atomic(out / BUDGETS, json.dumps(spent, indent=1) + "\n")
-        _save_checkpoint(out, network, arrays if settings.average_decay else None, server_round)
+        _save_checkpoint(
+            out, network, arrays if settings.average_decay else None, adam, server_round
+        )
         with (out / METRICS).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(report.__dict__) + "\n")
         logger.info("round %d: %s", server_round, _brief(report))
@@ -291,21 +302,41 @@ def load_checkpoint(out: Path, network: Recommender) -> int:
     return _resume(out, network)[0]
 
 
-def _resume(out: Path, network: Recommender) -> tuple[int, ArrayRecord | None]:
+def server_adam(strategy: Strategy) -> FedAdam | None:
+    """The FedAdam inside ``strategy``'s wrappers (fedrec's ``inner``, Flower's DP
+    wrapper's ``strategy``), or None when the server does not step with Adam."""
+    while not isinstance(strategy, FedAdam):
+        inner = getattr(strategy, "inner", None) or getattr(strategy, "strategy", None)
+        if not isinstance(inner, Strategy):
+            return None
+        strategy = inner
+    return strategy
+
+
+Moments = dict[str, dict[str, npt.NDArray[np.generic]]]
+
+
+def _resume(out: Path, network: Recommender) -> tuple[int, ArrayRecord | None, Moments]:
     """The checkpoint's last round (0 without one), with its published weights loaded into
-    ``network``, and the weights devices train from when they differ (``training/`` keys:
-    under a moving average), else None."""
+    ``network``; the weights devices train from when they differ (``training/`` keys: under a
+    moving average), else None; and the server's Adam moments by kind (``m``, ``v``; empty
+    without FedAdam)."""
     path = out / CHECKPOINT
     if not path.exists():
-        return 0, None
+        return 0, None, {}
     with np.load(path) as saved:
         arrays = {k: saved[k] for k in saved.files if k != "__round__"}
         done = int(saved["__round__"])
     training = {k.removeprefix(TRAINING): v for k, v in arrays.items() if k.startswith(TRAINING)}
-    state = {k: torch.from_numpy(v) for k, v in arrays.items() if not k.startswith(TRAINING)}
+    moments: Moments = {}
+    for key, value in arrays.items():
+        if key.startswith(SERVER_ADAM):
+            kind, _, name = key.removeprefix(SERVER_ADAM).partition("/")
+            moments.setdefault(kind, {})[name] = value
+    state = {k: torch.from_numpy(v) for k, v in arrays.items() if "/" not in k}
     network.load_state_dict(state)
     logger.info("resuming after round %d from %s", done, path)
-    return done, array_record(training) if training else None
+    return done, array_record(training) if training else None, moments
 
 
 def _trained_part(training: ArrayRecord, published: ArrayRecord) -> ArrayRecord:
@@ -332,13 +363,21 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _save_checkpoint(
-    out: Path, network: Recommender, training: ArrayRecord | None, server_round: int
+    out: Path,
+    network: Recommender,
+    training: ArrayRecord | None,
+    adam: FedAdam | None,
+    server_round: int,
 ) -> None:
-    """The published weights (``network``), and the weights devices train from when they
-    differ (``training``, under ``training/`` keys)."""
+    """The published weights (``network``), the weights devices train from when they differ
+    (``training``, under ``training/`` keys), and the server's Adam moments once it has
+    stepped (under ``server-adam/``)."""
     arrays = {k: v.detach().numpy() for k, v in network.state_dict().items()}
     if training is not None:
         arrays.update({TRAINING + k: v for k, v in record_arrays(training).items()})
+    if adam is not None and adam.m_t and adam.v_t:
+        for kind, moment in (("m", adam.m_t), ("v", adam.v_t)):
+            arrays.update({f"{SERVER_ADAM}{kind}/{k}": v for k, v in moment.items()})
     temp = out / f".{CHECKPOINT}.tmp"
     with temp.open("wb") as handle:
         np.savez(handle, __round__=np.array(server_round), **arrays)

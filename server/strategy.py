@@ -175,7 +175,9 @@ class ValidatedStrategy(ReferenceStrategy):
     dtypes, non-finite values, an update norm above ``max_update_norm``, or no valid example
     count is dropped with a logged reason (and kept in ``dropped``) before ``inner`` sees it.
     A round in which fewer than ``min_update_share`` of the replies are usable updates (the
-    rest failed or were dropped) is not aggregated: the global model stays as it was."""
+    rest failed or were dropped) is not aggregated: the global model stays as it was. The
+    aggregate keeps the global weights' dtypes (Flower's FedAdam computes in float64, and the
+    next round's float32 updates would all be dropped against a float64 reference)."""
 
     def __init__(self, inner: Strategy, max_update_norm: float, min_update_share: float) -> None:
         super().__init__(inner)
@@ -205,7 +207,12 @@ class ValidatedStrategy(ReferenceStrategy):
                 "round %d: the global model stays as it was: %s", server_round, shortfall
             )
             return None, None
-        return self.inner.aggregate_train(server_round, kept)
+        aggregated, metrics = self.inner.aggregate_train(server_round, kept)
+        if aggregated is None:
+            return None, metrics
+        arrays = record_arrays(aggregated)
+        kept_dtypes = {k: v.astype(self.reference[k].dtype, copy=False) for k, v in arrays.items()}
+        return array_record(kept_dtypes), metrics
 
     def problem(self, reply: Message) -> str | None:
         """Why this training reply cannot be aggregated, or None."""

@@ -29,10 +29,12 @@ class FederationSettings:
     """One federated run: data and devices, rounds and strategy, local training and DP, and
     where the server writes its metrics, checkpoints and bundles (``out``). A device plans its
     DP noise for ``participation_margin`` standard deviations above the number of rounds it
-    is expected to be sampled for (``planned_participations``). ``server_schedule`` scales
-    the server's step over the rounds (``fedrec.server.strategy.server_step``); with
-    ``average_decay`` > 0 the server evaluates and publishes a moving average of the global
-    weights (``fedrec.server.averaging``). ``seed`` fixes the initial weights, the devices
+    is expected to be sampled for (``planned_participations``). ``strategy`` ``fedadam`` steps
+    the global model with Adam over the rounds' averaged updates (Flower's FedAdam: step
+    ``server_learning_rate``, adaptivity ``server_tau``; its moments are checkpointed).
+    ``server_schedule`` scales the server's step over the rounds
+    (``fedrec.server.strategy.server_step``); with ``average_decay`` > 0 the server evaluates
+    and publishes a moving average of the global weights (``fedrec.server.averaging``). ``seed`` fixes the initial weights, the devices
     sampled in each round (``fedrec.server.strategy.seeded_sample``) and each device's own
     batches, never its DP noise. ``canaries`` > 0 plants that many audit canaries
     (``fedrec.simulations.audit``), ``canary_repeats`` times each, in the first devices."""
@@ -45,6 +47,7 @@ class FederationSettings:
     participation_margin: float = 2.0
     strategy: Strategy = "fedavg"
     server_learning_rate: float = 1e-2
+    server_tau: float = 1e-3
     server_schedule: ServerSchedule = "constant"
     max_update_norm: float = 50.0
     min_update_share: float = 0.5
@@ -80,8 +83,10 @@ class FederationSettings:
             raise ValueError(f"min_update_share must be in [0, 1], got {self.min_update_share}")
         if not 0 <= self.average_decay < 1:
             raise ValueError(f"average_decay must be in [0, 1), got {self.average_decay}")
-        if self.max_update_norm <= 0 or self.server_learning_rate <= 0:
-            raise ValueError("max_update_norm and server_learning_rate must be positive")
+        if self.max_update_norm <= 0 or self.server_learning_rate <= 0 or self.server_tau <= 0:
+            raise ValueError(
+                "max_update_norm, server_learning_rate and server_tau must be positive"
+            )
         if not 0 <= self.participation_margin <= 10:
             raise ValueError(
                 f"participation_margin must be in [0, 10], got {self.participation_margin}"
