@@ -1,0 +1,119 @@
+"""The vectorised sweep computes what the federation's network computes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fedrec.shared.evaluation.harness import EvaluationConfig, evaluate
+from fedrec.shared.federated.local import ExampleScorer
+from fedrec.shared.model.network import ModelConfig, Recommender
+from fedrec.shared.model.training import NetworkRecommender
+from fedrec.simulations import sweep
+from fedrec.simulations.world import load_world
+
+CONFIG = ModelConfig(
+    feature_dim=8, item_dim=8, hidden_dim=6, pool_window=4, start_events=2, item_rank=3
+)
+
+
+def _perturbed(seed: int) -> Recommender:
+    torch.manual_seed(seed)
+    network = Recommender(CONFIG)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    return network
+
+
+def test_the_sweep_network_and_its_gradients_are_the_recommender_s() -> None:
+    networks = [_perturbed(1), _perturbed(2)]
+    generator = torch.Generator().manual_seed(0)
+    table = torch.randn(23, 8, generator=generator)
+    rows = torch.randint(23, (2, 5, 6), generator=generator)
+    types = torch.randint(2, (2, 5, 6), generator=generator)
+    lengths = torch.randint(1, 7, (2, 5), generator=generator)
+    candidates = torch.randint(20, (2, 5, 5), generator=generator)
+    stacked = {
+        name: torch.stack([n.state_dict()[name] for n in networks]).requires_grad_()
+        for name in networks[0].state_dict()
+    }
+    logits = sweep.example_logits(
+        stacked, table, rows, types, lengths, candidates, CONFIG.temperature, CONFIG.pool_window
+    )
+    target = torch.zeros(5, dtype=torch.long)
+    loss = sum(F.cross_entropy(logits[d], target) for d in range(2))
+    grads = dict(zip(stacked, torch.autograd.grad(loss, list(stacked.values())), strict=True))
+    for d, network in enumerate(networks):
+        expected = ExampleScorer(network, table)(rows[d], types[d], lengths[d], candidates[d])
+        torch.testing.assert_close(logits[d], expected, rtol=1e-5, atol=1e-5)
+        F.cross_entropy(expected, target).backward()  # type: ignore[no-untyped-call]
+        for name, parameter in network.named_parameters():
+            assert parameter.grad is not None
+            torch.testing.assert_close(grads[name][d], parameter.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def demo() -> sweep.SweepData:
+    return sweep.pack("demo", devices=20, max_examples=32)
+
+
+def test_the_sweep_evaluates_as_the_harness_does(demo: sweep.SweepData) -> None:
+    from fedrec.shared.federated.settings import FederationSettings
+
+    settings = FederationSettings.for_data("demo", devices=20)
+    world = load_world(settings.data, settings.devices)
+    network = Recommender(settings.model)
+    network.load_state_dict(demo.initial)
+    with torch.no_grad():
+        network.users.project.weight.normal_(0.0, 0.1)  # the LSTM branch takes part
+    scorer = NetworkRecommender(network.eval())
+    scorer.use(world.split, world.sequences, world.features)
+    expected = evaluate(scorer, world.split, EvaluationConfig(resamples=1)).metrics
+    assert int(demo.history_lengths.max()) < 200  # whole histories: the same input
+    got = sweep.evaluate(demo, network.state_dict())
+    assert got["hr@10"] == pytest.approx(expected["hr@10"], abs=1e-12)
+    assert got["ndcg@10"] == pytest.approx(expected["ndcg@10"], abs=1e-9)
+
+
+def test_the_server_steps_as_fedavg_and_flower_s_fedadam(demo: sweep.SweepData) -> None:
+    delta = {"w": torch.tensor([0.5, -0.02, 0.0])}
+    weights = {"w": torch.zeros(3)}
+    sweep._server_step(sweep.SweepConfig(), 1, weights, delta, ({}, {}))
+    torch.testing.assert_close(weights["w"], delta["w"])  # FedAvg: the averaged update
+    adam = sweep.SweepConfig(strategy="fedadam", server_learning_rate=0.01, server_tau=1e-4)
+    weights = {"w": torch.zeros(3)}
+    sweep._server_step(adam, 1, weights, delta, ({}, {}))
+    # Flower's FedAdam in round 1: eta sqrt(1 - 0.99^2) / (1 - 0.9^2) * m / (sqrt(v) + tau)
+    eta = 0.01 * np.sqrt(1 - 0.99**2) / (1 - 0.9**2)
+    expected = eta * 0.1 * delta["w"] / (np.sqrt(0.01) * delta["w"].abs() + 1e-4)
+    torch.testing.assert_close(weights["w"], expected)
+    log, _ = sweep.sweep(
+        demo,
+        sweep.SweepConfig(
+            rounds=2, fraction=0.5, max_examples=16, negatives=5, local_optimizer="sgd"
+        ),
+    )
+    assert [line["round"] for line in log] == [1, 2] and "hr@10" in log[-1]
+    with pytest.raises(ValueError, match="strategy"):
+        sweep.SweepConfig(strategy="fedprox")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="FIELD=VALUE"):
+        sweep._config(["rounds"])
+
+
+def test_a_sweep_trains_only_the_parts_it_is_told_and_its_pack_round_trips(
+    demo: sweep.SweepData, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "pack.pt")
+    sweep.save(demo, path)
+    loaded = sweep.load(path)
+    assert loaded.model == demo.model and torch.equal(loaded.allowed, demo.allowed)
+    config = sweep.SweepConfig(rounds=1, fraction=0.5, max_examples=8, negatives=5, trained="items")
+    log, weights = sweep.sweep(loaded, config)
+    assert np.isfinite(log[0]["loss"])
+    changed = {k for k in weights if not torch.equal(weights[k], loaded.initial[k])}
+    assert changed == {k for k in weights if k.startswith("items.")}
