@@ -34,9 +34,10 @@ class FederationSettings:
     ``server_learning_rate``, adaptivity ``server_tau``; its moments are checkpointed).
     ``server_schedule`` scales the server's step over the rounds
     (``fedrec.server.strategy.server_step``); with ``average_decay`` > 0 the server evaluates
-    and publishes a moving average of the global weights (``fedrec.server.averaging``). ``seed`` fixes the initial weights, the devices
-    sampled in each round (``fedrec.server.strategy.seeded_sample``) and each device's own
-    batches, never its DP noise. ``canaries`` > 0 plants that many audit canaries
+    and publishes a moving average of the global weights (``fedrec.server.averaging``).
+    ``seed`` fixes the initial weights, the devices sampled in each round
+    (``fedrec.server.strategy.seeded_sample``) and each device's own batches, never its DP
+    noise. ``canaries`` > 0 plants that many audit canaries
     (``fedrec.simulations.audit``), ``canary_repeats`` times each, in the first devices."""
 
     data: str = "demo"
