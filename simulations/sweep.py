@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from fedrec.shared.model.network import ModelConfig, Recommender, trained_names
 
 Weights = dict[str, torch.Tensor]
+#: Copies of the weights a private step makes at once (one per example; bounds memory).
+COPIES = 2048
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,10 @@ class SweepConfig:
     (latest examples, batch, epochs, optimizer, learning rate, negatives), the server's step
     (``fedavg``, or ``fedadam`` with its learning rate and tau; ``cosine`` scales it down over
     the rounds), the parts trained (``all`` or comma-separated module paths, as
-    ``local-trained``), the seed of sampling, batches and negatives, and how often to
-    evaluate."""
+    ``local-trained``), record-level DP-SGD as devices run it when ``dp_epsilon`` > 0 (Poisson
+    batches, per-example clipping to ``dp_clip``, each device's noise planned by
+    ``plan_round`` for ``dp_planned_rounds`` rounds at ``dp_epsilon`` and ``dp_delta``; needs
+    Opacus), the seed of sampling, batches, negatives and noise, and how often to evaluate."""
 
     rounds: int = 60
     fraction: float = 0.2
@@ -57,6 +61,10 @@ class SweepConfig:
     server_tau: float = 1e-3
     server_schedule: Literal["constant", "cosine"] = "constant"
     trained: str = "all"
+    dp_epsilon: float = 0.0
+    dp_delta: float = 1e-5
+    dp_clip: float = 1.0
+    dp_planned_rounds: int = 9
     seed: int = 0
     evaluate_every: int = 5
 
@@ -72,6 +80,8 @@ class SweepConfig:
             raise ValueError("rounds, max_examples, batch_size and epochs must be at least 1")
         if not 0 < self.fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        if self.dp_epsilon < 0 or self.dp_clip <= 0 or self.dp_planned_rounds < 1:
+            raise ValueError("dp_epsilon must be >= 0, dp_clip > 0, dp_planned_rounds >= 1")
 
 
 @dataclass(frozen=True)
@@ -265,7 +275,8 @@ def sweep(data: SweepData, config: SweepConfig) -> tuple[list[dict[str, Any]], W
     for server_round in range(1, config.rounds + 1):
         picked = torch.randperm(population, generator=generator)[:sampled]
         n = counts[picked].to(device)
-        local, loss = _train_devices(data, config, weights, picked.to(device), n, generator)
+        train = _train_private if config.dp_epsilon else _train_devices
+        local, loss = train(data, config, weights, picked.to(device), n, generator)
         share = n.double() / n.sum()
         average = {
             name: torch.einsum("d,d...->...", share.float(), local[name] - weights[name][None])
@@ -351,6 +362,142 @@ def _train_devices(
                         config, grad, first[name], second[name], steps, mask
                     )
     return {name: value.detach() for name, value in local.items()}, float(total) / examples
+
+
+def clipped_gradients(
+    weights: Weights,
+    trained: set[str],
+    table: torch.Tensor,
+    rows: torch.Tensor,
+    types: torch.Tensor,
+    lengths: torch.Tensor,
+    candidates: torch.Tensor,
+    valid: torch.Tensor,
+    clip: float,
+    model: ModelConfig,
+) -> tuple[Weights, torch.Tensor]:
+    """Per device, the sum over its ``valid`` examples ``(D, B)`` of each example's gradient of
+    its loss, clipped to norm ``clip`` over the ``trained`` weights (DP-SGD before its noise),
+    and every example's loss ``(D, B)``. Each example runs on a copy of its device's weights,
+    so that the gradient of the summed loss with respect to that copy is the example's own."""
+    devices, batch = valid.shape
+    per_example = {
+        name: value.repeat_interleave(batch, dim=0).requires_grad_(name in trained)
+        for name, value in weights.items()
+    }
+    logits = example_logits(
+        per_example,
+        table,
+        rows.reshape(devices * batch, 1, -1),
+        types.reshape(devices * batch, 1, -1),
+        lengths.reshape(devices * batch, 1),
+        candidates.reshape(devices * batch, 1, -1),
+        model.temperature,
+        model.pool_window,
+    ).view(devices, batch, -1)
+    losses = F.cross_entropy(
+        logits.flatten(0, 1), logits.new_zeros(devices * batch).long(), reduction="none"
+    ).view(devices, batch)
+    names = [name for name in weights if name in trained]
+    grads = torch.autograd.grad((losses * valid).sum(), [per_example[n] for n in names])
+    shaped = {
+        name: grad.view(devices, batch, *grad.shape[1:])
+        for name, grad in zip(names, grads, strict=True)
+    }
+    norms = torch.stack([g.flatten(2).pow(2).sum(2) for g in shaped.values()]).sum(0).sqrt()
+    factor = (clip / (norms + 1e-6)).clamp(max=1.0) * valid
+    summed = {name: torch.einsum("db,db...->d...", factor, g) for name, g in shaped.items()}
+    return summed, losses.detach()
+
+
+def _train_private(
+    data: SweepData,
+    config: SweepConfig,
+    weights: Weights,
+    picked: torch.Tensor,
+    n: torch.Tensor,
+    generator: torch.Generator,
+) -> tuple[Weights, float]:
+    """``_train_devices`` under record-level DP-SGD, as Opacus runs it on a device: each step
+    draws every example with the device's sampling rate (one over its number of batches),
+    clips each example's gradient to ``dp_clip``, adds Gaussian noise of the device's planned
+    multiplier times ``dp_clip`` to their sum and divides by the expected batch (Opacus'
+    ``int(examples * rate)``). A step keeps at most twice the expected batch plus 16 of the
+    examples it draws (more are drawn with negligible odds)."""
+    from fedrec.shared.federated.local import LocalConfig, PrivacyConfig, plan_round
+
+    local_config = LocalConfig(batch_size=config.batch_size, epochs=config.epochs)
+    privacy = PrivacyConfig(
+        target_epsilon=config.dp_epsilon, delta=config.dp_delta, max_grad_norm=config.dp_clip
+    )
+    plans = {c: plan_round(c, local_config, privacy, config.dp_planned_rounds) for c in n.tolist()}
+    devices, k, device = len(picked), config.max_examples, data.table.device
+    rate = torch.tensor([plans[c].sample_rate for c in n.tolist()], device=device)
+    noise = torch.tensor([plans[c].noise_multiplier or 0.0 for c in n.tolist()], device=device)
+    budget = torch.tensor([plans[c].steps for c in n.tolist()], device=device)
+    # Opacus averages over int(examples * sample rate), at least 1 here
+    expected_batch = torch.tensor(
+        [max(1, int(c * plans[c].sample_rate)) for c in n.tolist()], device=device
+    )
+    keep = min(2 * config.batch_size + 16, k)
+    trained = set(trained_names(Recommender(data.model), config.trained))
+    rows, types = data.rows[picked, -k:], data.types[picked, -k:]
+    lengths, targets = data.lengths[picked, -k:], data.targets[picked, -k:]
+    local = {
+        name: value[None].repeat(devices, *[1] * value.dim()) for name, value in weights.items()
+    }
+    first = {name: torch.zeros_like(local[name]) for name in trained}
+    second = {name: torch.zeros_like(local[name]) for name in trained}
+    steps = torch.zeros(devices, device=device)
+    total, examples = torch.zeros((), device=device), 0
+    owned = torch.arange(k, device=device)[None] >= k - n[:, None]  # right-aligned examples
+    for step in range(int(budget.max())):
+        active = (step < budget).float()
+        drawn = (torch.rand((devices, k), generator=generator).to(device) < rate[:, None]) & owned
+        drawn &= active[:, None].bool()
+        order = (~drawn).float().argsort(dim=1, stable=True)[:, :keep]  # drawn examples first
+        valid = drawn.gather(1, order)
+        context = order[..., None].expand(-1, -1, rows.shape[-1])
+        negatives = torch.randint(
+            data.num_items, (devices, keep, config.negatives), generator=generator
+        ).to(device)
+        step_rows, step_types = rows.gather(1, context), types.gather(1, context)
+        step_lengths = lengths.gather(1, order)
+        candidates = torch.cat([targets.gather(1, order)[..., None], negatives], dim=2)
+        chunks = torch.split(torch.arange(devices, device=device), max(1, COPIES // keep))
+        parts = [
+            clipped_gradients(
+                {name: value[chunk] for name, value in local.items()},
+                trained,
+                data.table,
+                step_rows[chunk],
+                step_types[chunk],
+                step_lengths[chunk],
+                candidates[chunk],
+                valid[chunk],
+                config.dp_clip,
+                data.model,
+            )
+            for chunk in chunks
+        ]
+        clipped = {name: torch.cat([part[0][name] for part in parts]) for name in trained}
+        losses = torch.cat([part[1] for part in parts])
+        total += (losses * valid).sum()
+        examples += int(valid.sum())
+        steps += active
+        with torch.no_grad():
+            for name, summed in clipped.items():
+                shape = (-1, *[1] * (summed.dim() - 1))
+                noised = summed + noise.view(shape) * config.dp_clip * torch.randn(
+                    summed.shape, generator=generator
+                ).to(device)
+                expected = expected_batch.view(shape)
+                mask = active.view(shape)
+                step_grad = noised / expected
+                local[name] = local[name] - mask * _local_step(
+                    config, step_grad, first[name], second[name], steps, mask
+                )
+    return local, float(total) / max(examples, 1)
 
 
 def _local_step(

@@ -117,3 +117,65 @@ def test_a_sweep_trains_only_the_parts_it_is_told_and_its_pack_round_trips(
     assert np.isfinite(log[0]["loss"])
     changed = {k for k in weights if not torch.equal(weights[k], loaded.initial[k])}
     assert changed == {k for k in weights if k.startswith("items.")}
+
+
+def test_clipped_gradients_are_each_example_s_gradient_clipped_and_summed() -> None:
+    networks = [_perturbed(3), _perturbed(4)]
+    generator = torch.Generator().manual_seed(1)
+    table = torch.randn(23, 8, generator=generator)
+    rows = torch.randint(23, (2, 4, 6), generator=generator)
+    types = torch.randint(2, (2, 4, 6), generator=generator)
+    lengths = torch.randint(1, 7, (2, 4), generator=generator)
+    candidates = torch.randint(20, (2, 4, 5), generator=generator)
+    valid = torch.tensor([[True, True, False, True], [True, False, True, True]])
+    names = [name for name, _ in networks[0].named_parameters()]
+    stacked = {k: torch.stack([n.state_dict()[k] for n in networks]) for k in names}
+    trained = {k for k in names if not k.startswith("users.lstm")}
+    summed, losses = sweep.clipped_gradients(
+        stacked, trained, table, rows, types, lengths, candidates, valid, 0.5, CONFIG
+    )
+    assert set(summed) == trained
+    for d, network in enumerate(networks):
+        expected = {k: torch.zeros_like(v) for k, v in network.named_parameters() if k in trained}
+        scorer = ExampleScorer(network, table)
+        for b in range(4):
+            one = slice(b, b + 1)
+            logits = scorer(rows[d, one], types[d, one], lengths[d, one], candidates[d, one])
+            loss = F.cross_entropy(logits, torch.zeros(1, dtype=torch.long))
+            assert float(losses[d, b]) == pytest.approx(loss.item(), rel=1e-5)
+            if not valid[d, b]:
+                continue
+            grads = torch.autograd.grad(
+                loss, [dict(network.named_parameters())[k] for k in expected]
+            )
+            norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+            for k, g in zip(expected, grads, strict=True):
+                expected[k] += g * min(1.0, 0.5 / (float(norm) + 1e-6))
+        for k, value in expected.items():
+            torch.testing.assert_close(summed[k][d], value, rtol=1e-4, atol=1e-6)
+
+
+def test_a_private_sweep_adds_each_device_s_planned_noise(demo: sweep.SweepData) -> None:
+    """Under DP only the trained parts move, and they move further at a smaller epsilon (more
+    noise for the same clipped signal)."""
+    moved = {}
+    for epsilon in (1000.0, 0.5):
+        config = sweep.SweepConfig(
+            rounds=1,
+            fraction=0.5,
+            max_examples=16,
+            negatives=5,
+            local_optimizer="sgd",
+            local_learning_rate=0.1,
+            trained="items",
+            dp_epsilon=epsilon,
+            dp_planned_rounds=2,
+        )
+        log, weights = sweep.sweep(demo, config)
+        assert np.isfinite(log[0]["loss"])
+        changed = {k for k in weights if not torch.equal(weights[k], demo.initial[k])}
+        assert changed == {k for k in weights if k.startswith("items.")}
+        moved[epsilon] = float(
+            sum((weights[k] - demo.initial[k]).pow(2).sum() for k in changed) ** 0.5
+        )
+    assert moved[0.5] > 3 * moved[1000.0] > 0
