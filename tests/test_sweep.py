@@ -30,14 +30,22 @@ def _perturbed(seed: int) -> Recommender:
     return network
 
 
+def _examples(seed: int, batch: int) -> tuple[torch.Tensor, ...]:
+    """A feature table of 20 items and 3 texts, and 2 devices' ``batch`` examples: rows,
+    types and lengths of 6 events of context, and 5 candidates each."""
+    generator = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(23, 8, generator=generator),
+        torch.randint(23, (2, batch, 6), generator=generator),
+        torch.randint(2, (2, batch, 6), generator=generator),
+        torch.randint(1, 7, (2, batch), generator=generator),
+        torch.randint(20, (2, batch, 5), generator=generator),
+    )
+
+
 def test_the_sweep_network_and_its_gradients_are_the_recommender_s() -> None:
     networks = [_perturbed(1), _perturbed(2)]
-    generator = torch.Generator().manual_seed(0)
-    table = torch.randn(23, 8, generator=generator)
-    rows = torch.randint(23, (2, 5, 6), generator=generator)
-    types = torch.randint(2, (2, 5, 6), generator=generator)
-    lengths = torch.randint(1, 7, (2, 5), generator=generator)
-    candidates = torch.randint(20, (2, 5, 5), generator=generator)
+    table, rows, types, lengths, candidates = _examples(seed=0, batch=5)
     stacked = {
         name: torch.stack([n.state_dict()[name] for n in networks]).requires_grad_()
         for name in networks[0].state_dict()
@@ -121,12 +129,7 @@ def test_a_sweep_trains_only_the_parts_it_is_told_and_its_pack_round_trips(
 
 def test_clipped_gradients_are_each_example_s_gradient_clipped_and_summed() -> None:
     networks = [_perturbed(3), _perturbed(4)]
-    generator = torch.Generator().manual_seed(1)
-    table = torch.randn(23, 8, generator=generator)
-    rows = torch.randint(23, (2, 4, 6), generator=generator)
-    types = torch.randint(2, (2, 4, 6), generator=generator)
-    lengths = torch.randint(1, 7, (2, 4), generator=generator)
-    candidates = torch.randint(20, (2, 4, 5), generator=generator)
+    table, rows, types, lengths, candidates = _examples(seed=1, batch=4)
     valid = torch.tensor([[True, True, False, True], [True, False, True, True]])
     names = [name for name, _ in networks[0].named_parameters()]
     stacked = {k: torch.stack([n.state_dict()[k] for n in networks]) for k in names}
