@@ -1,13 +1,14 @@
-"""A vectorised stand-in for a federation without DP, to sweep the federated optimiser's knobs.
+"""A vectorised stand-in for a federation, to sweep the federated optimiser's knobs.
 
 Every device sampled in a round trains at once: the weights carry a leading device axis, the
 LSTM is unrolled by hand, and each device takes its own Adam or SGD steps over shuffled batches
-of its latest examples with sampled negatives, as ``fedrec.shared.federated.local`` does without
-DP. The server then averages the updates weighted by example counts and steps as FedAvg or
-Flower's FedAdam do, with the same server schedule. On a GPU, 100 rounds of 122 MovieLens
-devices take minutes instead of the 45 a federation takes on 2 cores; a configuration found
-here must still be measured with ``fedrec simulate``. ``tests/test_sweep.py`` checks that its
-network and gradients are ``Recommender``'s.
+of its latest examples with sampled negatives, as ``fedrec.shared.federated.local`` does
+(without DP, or with record-level DP-SGD: ``SweepConfig.dp_epsilon``). The server then averages
+the updates weighted by example counts and steps as FedAvg or Flower's FedAdam do, with the
+same server schedule. On a GPU, 100 rounds of 122 MovieLens devices take a minute or two
+instead of the 36 to 45 a federation takes on 2 cores; a configuration found here must still
+be measured with ``fedrec simulate``. ``tests/test_sweep.py`` checks it against the network,
+the harness and the server's strategies.
 
 ``pack`` runs where fedrec is installed; ``run`` needs only torch and fedrec itself (installed
 with ``pip install --no-deps .``), so a packed file can be swept on a machine with a GPU and
