@@ -10,7 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from fedrec.shared.evaluation.harness import EvaluationConfig, evaluate
-from fedrec.shared.federated.local import ExampleScorer
+from fedrec.shared.federated.examples import DeviceExamples
+from fedrec.shared.federated.local import (
+    ExampleScorer,
+    LocalConfig,
+    PrivacyConfig,
+    plan_round,
+    train_local,
+)
 from fedrec.shared.model.network import ModelConfig, Recommender
 from fedrec.shared.model.training import NetworkRecommender
 from fedrec.simulations import sweep
@@ -182,3 +189,59 @@ def test_a_private_sweep_adds_each_device_s_planned_noise(demo: sweep.SweepData)
             sum((weights[k] - demo.initial[k]).pow(2).sum() for k in changed) ** 0.5
         )
     assert moved[0.5] > 3 * moved[1000.0] > 0
+
+
+def test_a_private_sweep_moves_a_device_as_far_as_opacus_does(demo: sweep.SweepData) -> None:
+    """Under DP the update of one device is mostly noise: its norm depends on the sampling
+    rate, the steps, the planned noise multiplier and the batch Opacus divides by. The sweep's
+    private round and ``train_local`` (Opacus) move the same device by the same distance."""
+    device, k = 0, 32
+    n = int(demo.count[device].clamp(max=k))
+    local = LocalConfig(
+        batch_size=8,
+        epochs=2,
+        learning_rate=0.1,
+        optimizer="sgd",
+        negatives=5,
+        max_examples=k,
+        trained="items",
+    )
+    privacy = PrivacyConfig(target_epsilon=4.0)
+    config = sweep.SweepConfig(
+        max_examples=k,
+        batch_size=8,
+        epochs=2,
+        local_optimizer="sgd",
+        local_learning_rate=0.1,
+        negatives=5,
+        trained="items",
+        dp_epsilon=4.0,
+        dp_planned_rounds=3,
+    )
+    examples = DeviceExamples(
+        *(getattr(demo, name)[device, -n:].numpy() for name in ("rows", "types", "lengths")),
+        demo.targets[device, -n:].numpy(),
+    )
+    plan = plan_round(n, local, privacy, 3)
+
+    def distance(after: dict[str, torch.Tensor]) -> float:
+        return float(
+            sum((after[k] - demo.initial[k]).pow(2).sum() for k in after if "items." in k) ** 0.5
+        )
+
+    opacus, ours = [], []
+    for seed in range(6):
+        network = Recommender(demo.model)
+        network.load_state_dict(demo.initial)
+        train_local(network, demo.table, demo.num_items, examples, local, privacy, plan, seed=seed)
+        opacus.append(distance(network.state_dict()))
+        weights, _ = sweep._train_private(
+            demo,
+            config,
+            dict(demo.initial),
+            torch.tensor([device]),
+            torch.tensor([n]),
+            torch.Generator().manual_seed(seed),
+        )
+        ours.append(distance({k: v[0] for k, v in weights.items()}))
+    assert np.mean(ours) == pytest.approx(np.mean(opacus), rel=0.05)  # 0.4% apart, 2026-11-23
