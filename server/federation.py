@@ -155,7 +155,7 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
     )
     adam = server_adam(validated)
     if adam is not None and moments:
-        adam.m_t, adam.v_t = moments["m"], moments["v"]
+        adam.m_t, adam.v_t = _checked_moments(moments, set(published))
     sampled = SeededSamplingStrategy(validated, settings.seed, query_partitions)
     strategy = BudgetStrategy(FrozenPartsStrategy(sampled, frozen))
     key = _signing_key(out)
@@ -337,6 +337,20 @@ def _resume(out: Path, network: Recommender) -> tuple[int, ArrayRecord | None, M
     network.load_state_dict(state)
     logger.info("resuming after round %d from %s", done, path)
     return done, array_record(training) if training else None, moments
+
+
+def _checked_moments(
+    moments: Moments, names: set[str]
+) -> tuple[dict[str, npt.NDArray[np.generic]], dict[str, npt.NDArray[np.generic]]]:
+    """The checkpoint's Adam moments (``m``, ``v``), which must be of the parts this run
+    trains."""
+    if set(moments) != {"m", "v"} or any(set(m) != names for m in moments.values()):
+        found = {kind: sorted(m) for kind, m in moments.items()}
+        raise ValueError(
+            f"the checkpoint's server Adam moments are for {found}, "
+            f"but this run trains {sorted(names)}"
+        )
+    return moments["m"], moments["v"]
 
 
 def _trained_part(training: ArrayRecord, published: ArrayRecord) -> ArrayRecord:

@@ -459,3 +459,7 @@ def test_fedadam_steps_the_global_model_in_every_round(tmp_path: Path) -> None:
         assert np.array_equal(moments["m"][name], saved[f"{SERVER_ADAM}m/{name}"])
         assert np.array_equal(resumed.state_dict()[name].numpy(), saved[name])
     assert server_adam(make_strategy(dataclasses.replace(settings, strategy="fedavg"))) is None
+    # resumed with other trained parts, the moments do not fit: an error that says so
+    fewer = dataclasses.replace(settings.local, trained="items")
+    with pytest.raises(ValueError, match="server Adam moments"):
+        simulation_run.simulate(dataclasses.replace(settings, rounds=4, local=fewer))
