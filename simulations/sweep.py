@@ -21,17 +21,22 @@ nothing else::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 from fedrec.shared.model.network import ModelConfig, Recommender, trained_names
+
+if TYPE_CHECKING:  # Opacus is needed only for private sweeps
+    from fedrec.shared.federated.local import RoundPlan
 
 Weights = dict[str, torch.Tensor]
 #: Copies of the weights a private step makes at once (one per example; bounds memory).
@@ -270,14 +275,20 @@ def sweep(data: SweepData, config: SweepConfig) -> tuple[list[dict[str, Any]], W
     counts = data.count.cpu().clamp(max=k)
     population = len(counts)
     sampled = max(2, round(config.fraction * population))
+    trained = set(trained_names(Recommender(data.model), config.trained))
+    train: Callable[[SweepData, SweepConfig, Weights, _Devices, torch.Generator], Any]
+    if config.dp_epsilon:
+        train = functools.partial(_train_private, plans=_private_plans(config, counts))
+    else:
+        train = _train_devices
     moments: tuple[Weights, Weights] = ({}, {})
     log: list[dict[str, Any]] = []
     started = time.perf_counter()
     for server_round in range(1, config.rounds + 1):
         picked = torch.randperm(population, generator=generator)[:sampled]
         n = counts[picked].to(device)
-        train = _train_private if config.dp_epsilon else _train_devices
-        local, loss = train(data, config, weights, picked.to(device), n, generator)
+        devices = _Devices.of(data, picked.to(device), n, k, trained)
+        local, loss = train(data, config, weights, devices, generator)
         share = n.double() / n.sum()
         average = {
             name: torch.einsum("d,d...->...", share.float(), local[name] - weights[name][None])
@@ -295,28 +306,57 @@ def sweep(data: SweepData, config: SweepConfig) -> tuple[list[dict[str, Any]], W
     return log, weights
 
 
+@dataclass(frozen=True)
+class _Devices:
+    """The devices of a round: their latest ``k`` examples (right-aligned: the last ``n[d]``
+    are device d's), their example counts ``n``, and the names of the weights they train."""
+
+    rows: torch.Tensor
+    types: torch.Tensor
+    lengths: torch.Tensor
+    targets: torch.Tensor
+    n: torch.Tensor
+    trained: set[str]
+
+    @property
+    def examples(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``rows``, ``types``, ``lengths``, ``targets``."""
+        return self.rows, self.types, self.lengths, self.targets
+
+    @classmethod
+    def of(
+        cls, data: SweepData, picked: torch.Tensor, n: torch.Tensor, k: int, trained: set[str]
+    ) -> _Devices:
+        return cls(
+            data.rows[picked, -k:],
+            data.types[picked, -k:],
+            data.lengths[picked, -k:],
+            data.targets[picked, -k:],
+            n,
+            trained,
+        )
+
+
 def _train_devices(
     data: SweepData,
     config: SweepConfig,
     weights: Weights,
-    picked: torch.Tensor,
-    n: torch.Tensor,
+    round_devices: _Devices,
     generator: torch.Generator,
 ) -> tuple[Weights, float]:
-    """Each picked device's weights after its local round (``(D, ...)`` per name), and the
-    mean training loss over every example step."""
-    devices, k, device = len(picked), config.max_examples, data.table.device
-    trained = set(trained_names(Recommender(data.model), config.trained))
-    rows, types = data.rows[picked, -k:], data.types[picked, -k:]
-    lengths, targets = data.lengths[picked, -k:], data.targets[picked, -k:]
+    """Each device's weights after its local round (``(D, ...)`` per name), and the mean
+    training loss over every example step."""
+    rows, types, lengths, targets = round_devices.examples
+    n, trained = round_devices.n, round_devices.trained
+    devices, k, device = len(n), config.max_examples, data.table.device
     batch = torch.clamp(n, max=config.batch_size)
     batches = int(((n + batch - 1) // batch).max())
     local = {
         name: value[None].repeat(devices, *[1] * value.dim()).requires_grad_(name in trained)
         for name, value in weights.items()
     }
-    first = {name: torch.zeros_like(value) for name, value in local.items()}
-    second = {name: torch.zeros_like(value) for name, value in local.items()}
+    first = {name: torch.zeros_like(local[name]) for name in trained}
+    second = {name: torch.zeros_like(local[name]) for name in trained}
     steps = torch.zeros(devices, device=device)
     total, examples = torch.zeros((), device=device), 0
     slots = torch.arange(config.batch_size, device=device)
@@ -411,28 +451,38 @@ def clipped_gradients(
     return summed, losses.detach()
 
 
+def _private_plans(config: SweepConfig, counts: torch.Tensor) -> dict[int, RoundPlan]:
+    """Each example count's DP round as ``plan_round`` plans it on a device (its sampling
+    rate, steps and noise multiplier), computed once per sweep."""
+    from fedrec.shared.federated.local import LocalConfig, PrivacyConfig, plan_round
+
+    local = LocalConfig(batch_size=config.batch_size, epochs=config.epochs)
+    privacy = PrivacyConfig(
+        target_epsilon=config.dp_epsilon, delta=config.dp_delta, max_grad_norm=config.dp_clip
+    )
+    return {
+        c: plan_round(c, local, privacy, config.dp_planned_rounds) for c in set(counts.tolist())
+    }
+
+
 def _train_private(
     data: SweepData,
     config: SweepConfig,
     weights: Weights,
-    picked: torch.Tensor,
-    n: torch.Tensor,
+    round_devices: _Devices,
     generator: torch.Generator,
+    plans: dict[int, RoundPlan],
 ) -> tuple[Weights, float]:
     """``_train_devices`` under record-level DP-SGD, as Opacus runs it on a device: each step
     draws every example with the device's sampling rate (one over its number of batches),
     clips each example's gradient to ``dp_clip``, adds Gaussian noise of the device's planned
     multiplier times ``dp_clip`` to their sum and divides by the expected batch (Opacus'
     ``int(examples * rate)``). A step keeps at most twice the expected batch plus 16 of the
-    examples it draws (more are drawn with negligible odds)."""
-    from fedrec.shared.federated.local import LocalConfig, PrivacyConfig, plan_round
-
-    local_config = LocalConfig(batch_size=config.batch_size, epochs=config.epochs)
-    privacy = PrivacyConfig(
-        target_epsilon=config.dp_epsilon, delta=config.dp_delta, max_grad_norm=config.dp_clip
-    )
-    plans = {c: plan_round(c, local_config, privacy, config.dp_planned_rounds) for c in n.tolist()}
-    devices, k, device = len(picked), config.max_examples, data.table.device
+    examples it draws (more are drawn with negligible odds); ``plans`` by example count
+    (``_private_plans``)."""
+    rows, types, lengths, targets = round_devices.examples
+    n, trained = round_devices.n, round_devices.trained
+    devices, k, device = len(n), config.max_examples, data.table.device
     rate = torch.tensor([plans[c].sample_rate for c in n.tolist()], device=device)
     noise = torch.tensor([plans[c].noise_multiplier or 0.0 for c in n.tolist()], device=device)
     budget = torch.tensor([plans[c].steps for c in n.tolist()], device=device)
@@ -441,9 +491,6 @@ def _train_private(
         [max(1, int(c * plans[c].sample_rate)) for c in n.tolist()], device=device
     )
     keep = min(2 * config.batch_size + 16, k)
-    trained = set(trained_names(Recommender(data.model), config.trained))
-    rows, types = data.rows[picked, -k:], data.types[picked, -k:]
-    lengths, targets = data.lengths[picked, -k:], data.targets[picked, -k:]
     local = {
         name: value[None].repeat(devices, *[1] * value.dim()) for name, value in weights.items()
     }

@@ -18,7 +18,7 @@ from fedrec.shared.federated.local import (
     plan_round,
     train_local,
 )
-from fedrec.shared.model.network import ModelConfig, Recommender
+from fedrec.shared.model.network import ModelConfig, Recommender, trained_names
 from fedrec.shared.model.training import NetworkRecommender
 from fedrec.simulations import sweep
 from fedrec.simulations.world import load_world
@@ -223,6 +223,7 @@ def test_a_private_sweep_moves_a_device_as_far_as_opacus_does(demo: sweep.SweepD
         demo.targets[device, -n:].numpy(),
     )
     plan = plan_round(n, local, privacy, 3)
+    trained = trained_names(Recommender(demo.model), "items")
 
     def distance(after: dict[str, torch.Tensor]) -> float:
         return float(
@@ -239,9 +240,9 @@ def test_a_private_sweep_moves_a_device_as_far_as_opacus_does(demo: sweep.SweepD
             demo,
             config,
             dict(demo.initial),
-            torch.tensor([device]),
-            torch.tensor([n]),
+            sweep._Devices.of(demo, torch.tensor([device]), torch.tensor([n]), k, {*trained}),
             torch.Generator().manual_seed(seed),
+            sweep._private_plans(config, torch.tensor([n])),
         )
         ours.append(distance({k: v[0] for k, v in weights.items()}))
     assert np.mean(ours) == pytest.approx(np.mean(opacus), rel=0.05)  # 0.4% apart, 2026-11-23
