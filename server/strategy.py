@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
@@ -76,18 +77,22 @@ def seeded_sample(
 #: nodes that answered.
 PartitionQuery = Callable[[Grid, list[int]], dict[int, int]]
 
+#: How many times a node is asked which device it is before it is left out of sampling.
+QUERY_ATTEMPTS = 3
+
 
 class SeededSamplingStrategy(WrappedStrategy):
     """Delegates to ``inner`` and sends its training and evaluation requests to devices drawn
     by ``seeded_sample`` instead of Flower's unseeded ``random``, as many as ``inner`` asked
-    for. It learns each node's partition id with ``query`` the first time it sees the node;
-    a node that does not answer is never sampled."""
+    for. It learns each node's partition id with ``query`` the first time it sees the node.
+    A node that does not answer is not sampled, and is asked again each time the strategy
+    samples, up to ``QUERY_ATTEMPTS`` asks in all."""
 
     def __init__(self, inner: Strategy, seed: int, query: PartitionQuery) -> None:
         super().__init__(inner)
         self.seed, self.query = seed, query
         self.partitions: dict[int, int] = {}
-        self.asked: set[int] = set()
+        self.asks: Counter[int] = Counter()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -106,10 +111,22 @@ class SeededSamplingStrategy(WrappedStrategy):
     ) -> list[Message]:
         messages = list(messages)
         online = set(grid.get_node_ids())
-        new = sorted(online - self.asked)
-        if new:
-            self.partitions.update(self.query(grid, new))
-            self.asked.update(new)
+        ask = sorted(
+            node for node in online - self.partitions.keys() if self.asks[node] < QUERY_ATTEMPTS
+        )
+        if ask:
+            self.partitions.update(self.query(grid, ask))
+            self.asks.update(ask)
+            given_up = [
+                n for n in ask if self.asks[n] == QUERY_ATTEMPTS and n not in self.partitions
+            ]
+            if given_up:
+                logger.warning(
+                    "%d nodes did not say which device they are in %d asks and are left out: %s",
+                    len(given_up),
+                    QUERY_ATTEMPTS,
+                    given_up,
+                )
         known = {node: self.partitions[node] for node in online if node in self.partitions}
         messages = messages[: len(known)]
         chosen = seeded_sample(known, len(messages), self.seed, server_round, purpose)

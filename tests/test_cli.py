@@ -130,6 +130,15 @@ def test_set_overrides_run_config_keys_after_every_flag(
     assert settings.server_learning_rate == 1.0 and settings.rounds == 40
     assert settings.local.trained == "users.recency" and not settings.privacy.enabled
     assert settings.devices == 610 and settings.fraction_train == 0.2  # the data set's defaults
+    assert settings.strategy == "fedadam" and settings.server_schedule == "cosine"  # without DP
+    seen.clear()
+    assert main(["simulate", "--data", "movielens:x", "--out", str(tmp_path)]) == 0
+    assert main([*args[:-1], "--strategy", "fedavg", "--out", str(tmp_path)]) == 0
+    assert main([*args[:-2], "--out", str(tmp_path), "--set", "dp-enabled=false"]) == 0
+    private, chosen, set_off = seen
+    assert (private.strategy, private.rounds, private.privacy.enabled) == ("fedavg", 25, True)
+    assert (chosen.strategy, chosen.rounds, chosen.local.optimizer) == ("fedavg", 60, "sgd")
+    assert (set_off.strategy, set_off.privacy.enabled) == ("fedadam", False)
     for bad, message in [
         ("local-batch-size=abc", "run-config key 'local-batch-size' takes an integer, got 'abc'"),
         ("dp-enabled=1", "run-config key 'dp-enabled' takes true or false, got 1"),
@@ -138,4 +147,4 @@ def test_set_overrides_run_config_keys_after_every_flag(
     ]:
         assert main(["simulate", "--out", str(tmp_path), "--set", bad]) == 2
         assert message in capsys.readouterr().err
-    assert len(seen) == 1
+    assert len(seen) == 3  # no bad --set reached a federation

@@ -13,7 +13,12 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedrec.server.strategy import SeededSamplingStrategy, array_record, seeded_sample
+from fedrec.server.strategy import (
+    QUERY_ATTEMPTS,
+    SeededSamplingStrategy,
+    array_record,
+    seeded_sample,
+)
 
 
 def test_the_same_seed_draws_the_same_devices_whatever_their_node_ids() -> None:
@@ -60,7 +65,7 @@ class Query:
         return {n: self.partitions[n] for n in nodes if n not in self.silent}
 
 
-def test_requests_go_to_the_seeded_devices_and_each_node_is_asked_once(
+def test_requests_go_to_the_seeded_devices_and_silent_nodes_are_asked_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # what a ServerApp's process knows when Flower runs it: its task, run and node
@@ -84,9 +89,19 @@ def test_requests_go_to_the_seeded_devices_and_each_node_is_asked_once(
             known, 10, 11, server_round, "evaluate"
         )
         assert all(m.metadata.dst_node_id not in silent for m in trained + evaluated)
-    assert query.asked == [sorted(partitions)]  # once, for every node, before round 1
+    # every node once before round 1; the silent one again each time the strategy samples,
+    # up to QUERY_ATTEMPTS asks in all
+    assert query.asked == [sorted(partitions), *[sorted(silent)] * (QUERY_ATTEMPTS - 1)]
     newcomer = random.getrandbits(63)
     partitions[newcomer] = 20
     cast(Nodes, grid).nodes.append(newcomer)
+    query.silent.add(newcomer)  # silent when first asked, answers the second time
     list(strategy.configure_train(3, arrays, ConfigRecord(), grid))
-    assert query.asked[1:] == [[newcomer]]
+    query.silent.discard(newcomer)
+    for server_round in (4, 5):
+        trained = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+    assert query.asked[QUERY_ATTEMPTS:] == [[newcomer], [newcomer]]
+    assert strategy.partitions[newcomer] == 20 and silent.isdisjoint(strategy.partitions)
+    assert [m.metadata.dst_node_id for m in trained] == seeded_sample(
+        {**known, newcomer: 20}, 5, 11, 5, "train"
+    )

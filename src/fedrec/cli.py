@@ -87,8 +87,9 @@ def _simulate(args: argparse.Namespace) -> int:
     from fedrec.shared.federated.user_level import UserPrivacyConfig
     from fedrec.simulations.run import simulate
 
+    private = _run_config_values(args.overrides).get("dp-enabled", not args.no_dp)
     privacy = PrivacyConfig(
-        enabled=not args.no_dp,
+        enabled=private is not False,
         target_epsilon=args.target_epsilon,
         delta=args.delta,
         accountant=args.accountant,
@@ -97,11 +98,12 @@ def _simulate(args: argparse.Namespace) -> int:
         enabled=args.user_dp, target_epsilon=args.user_epsilon, delta=args.delta
     )
     trained = {} if args.trained is None else {"local-trained": args.trained}
+    strategy = {} if args.strategy is None else {"strategy": args.strategy}
     settings = _settings(
         args,
         trained,
+        **strategy,
         user_privacy=user_privacy,
-        strategy=args.strategy,
         out=str(args.out),
         seed=args.seed,
         privacy=privacy,
@@ -338,8 +340,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     _federation_arguments(simulate)
     simulate.add_argument("--out", type=Path, required=True, help="run folder")
-    simulate.add_argument("--strategy", choices=["fedavg", "fedadam"], default="fedavg")
-    simulate.add_argument("--no-dp", action="store_true", help="train without DP-SGD")
+    simulate.add_argument(
+        "--strategy", choices=["fedavg", "fedadam"], help="(default: per data set and DP)"
+    )
+    simulate.add_argument(
+        "--no-dp",
+        action="store_true",
+        help="train without DP-SGD, with the data set's defaults for that (on MovieLens: "
+        "FedAdam over local SGD, 100 rounds)",
+    )
     simulate.add_argument(
         "--target-epsilon", type=float, default=8.0, help="per-device budget (default: 8)"
     )
