@@ -48,6 +48,9 @@ def test_movielens_without_dp_defaults_to_the_run_that_met_its_target() -> None:
     assert FederationSettings.for_data("movielens:x", privacy=off, rounds=5).rounds == 5
     dp = FederationSettings.for_data("movielens:x")
     assert (dp.strategy, dp.rounds, dp.local.optimizer) == ("fedavg", 25, "adam")
+    user_only = UserPrivacyConfig(enabled=True)
+    user = FederationSettings.for_data("movielens:x", privacy=off, user_privacy=user_only)
+    assert user == dataclasses.replace(dp, privacy=off, user_privacy=user_only)
     demo = FederationSettings.for_data("demo", privacy=off)
     assert demo == dataclasses.replace(FederationSettings.for_data("demo"), privacy=off)
 

@@ -116,10 +116,12 @@ class FederationSettings:
     def for_data(cls, data: str, **overrides: Any) -> FederationSettings:
         """The documented defaults for data spec ``data`` (by its kind: ``demo``,
         ``movielens``; any other kind takes the plain defaults), with ``NO_DP_DEFAULTS`` over
-        them when ``overrides`` turn record-level DP off, then ``overrides``."""
+        them when ``overrides`` leave both DP levels off, then ``overrides``."""
         kind = data.partition(":")[0]
         defaults = DATA_DEFAULTS.get(kind, {})
-        if not overrides.get("privacy", PrivacyConfig()).enabled:
+        record = overrides.get("privacy", PrivacyConfig())
+        user = overrides.get("user_privacy", UserPrivacyConfig())
+        if not (record.enabled or user.enabled):
             defaults = {**defaults, **NO_DP_DEFAULTS.get(kind, {})}
         return cls(**{**defaults, "data": data, **overrides})
 
@@ -188,7 +190,8 @@ DATA_DEFAULTS: dict[str, dict[str, Any]] = {
 #: What ``fedrec simulate --data SPEC --no-dp`` changes in ``DATA_DEFAULTS``: on MovieLens,
 #: FedAdam over local SGD with a falling server step for 100 rounds, which meets the target
 #: without DP (docs/federated.md). Under DP the server's Adam normalises every coordinate by
-#: the noise, and FedAvg over local Adam does better, so the DP defaults keep it.
+#: the noise, and FedAvg over local Adam does better, so the DP defaults keep it (also for
+#: user-level DP alone).
 NO_DP_DEFAULTS: dict[str, dict[str, Any]] = {
     "movielens": {
         "rounds": 100,

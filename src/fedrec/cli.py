@@ -87,15 +87,18 @@ def _simulate(args: argparse.Namespace) -> int:
     from fedrec.shared.federated.user_level import UserPrivacyConfig
     from fedrec.simulations.run import simulate
 
-    private = _run_config_values(args.overrides).get("dp-enabled", not args.no_dp)
+    # --set pairs apply last, but the data set's defaults depend on whether DP is on
+    sets = _run_config_values(args.overrides)
     privacy = PrivacyConfig(
-        enabled=private is not False,
+        enabled=sets.get("dp-enabled", not args.no_dp) is not False,
         target_epsilon=args.target_epsilon,
         delta=args.delta,
         accountant=args.accountant,
     )
     user_privacy = UserPrivacyConfig(
-        enabled=args.user_dp, target_epsilon=args.user_epsilon, delta=args.delta
+        enabled=sets.get("user-dp-enabled", args.user_dp) is True,
+        target_epsilon=args.user_epsilon,
+        delta=args.delta,
     )
     trained = {} if args.trained is None else {"local-trained": args.trained}
     strategy = {} if args.strategy is None else {"strategy": args.strategy}
