@@ -51,6 +51,16 @@ def test_movielens_without_dp_defaults_to_the_run_that_met_its_target() -> None:
     user_only = UserPrivacyConfig(enabled=True)
     user = FederationSettings.for_data("movielens:x", privacy=off, user_privacy=user_only)
     assert user == dataclasses.replace(dp, privacy=off, user_privacy=user_only)
+    given_back = {  # docs/federated.md: the DP defaults without DP
+        "local-optimizer": "adam",
+        "local-learning-rate": 0.01,
+        "server-schedule": "constant",
+        "server-tau": 0.001,
+    }
+    same_run = FederationSettings.for_data(
+        "movielens:x", privacy=off, strategy="fedavg", rounds=25
+    ).with_run_config(given_back)
+    assert same_run == dataclasses.replace(dp, privacy=off)
     demo = FederationSettings.for_data("demo", privacy=off)
     assert demo == dataclasses.replace(FederationSettings.for_data("demo"), privacy=off)
 
