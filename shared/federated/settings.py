@@ -198,7 +198,9 @@ NO_DP_DEFAULTS: dict[str, dict[str, Any]] = {
         "strategy": "fedadam",
         "server_tau": 1e-4,
         "server_schedule": "cosine",
-        "local": LocalConfig(max_examples=128, optimizer="sgd", learning_rate=0.1),
+        "local": dataclasses.replace(
+            DATA_DEFAULTS["movielens"]["local"], optimizer="sgd", learning_rate=0.1
+        ),
     },
 }
 
