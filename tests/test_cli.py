@@ -35,6 +35,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         ["privacy-study"],
         ["privacy-audit"],
         ["privacy-signal"],
+        ["pooled"],
     ],
 )
 def test_every_command_has_help(command: list[str]) -> None:

@@ -179,6 +179,39 @@ def _privacy_signal(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pooled(args: argparse.Namespace) -> int:
+    from fedrec.shared.federated.local import PrivacyConfig
+    from fedrec.simulations.pooled import train_pooled
+
+    privacy = PrivacyConfig(
+        enabled=not args.no_dp, target_epsilon=args.target_epsilon, delta=args.delta
+    )
+    local = {
+        "local-epochs": args.epochs,
+        "local-batch-size": args.batch_size,
+        "local-learning-rate": args.learning_rate,
+        "local-optimizer": "adam",
+    }
+    settings = _settings(args, local, privacy=privacy, seed=args.seed)
+    result = train_pooled(settings, resamples=args.resamples)
+    print(result.evaluation.table())
+    dp = (
+        f"noise multiplier {result.noise_multiplier:.4f}, epsilon {result.epsilon:.4f} at "
+        f"delta {result.delta}"
+        if result.epsilon is not None
+        else "no DP"
+    )
+    print(
+        f"{result.examples:,} pooled examples of {settings.devices} devices, loss "
+        f"{result.loss:.4f}, {result.steps} steps at sampling rate {result.sample_rate:.5f}, "
+        f"{dp}; {result.wall_s:.0f} s"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     result = args.benchmark(n_items=args.items, seed=args.seed)
     print(result.table())
@@ -207,13 +240,17 @@ def _data_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _federation_arguments(parser: argparse.ArgumentParser) -> None:
-    """--data, --devices, --rounds and --set of a federation (defaults per data set)."""
+def _federation_arguments(parser: argparse.ArgumentParser, rounds: bool = True) -> None:
+    """--data, --devices, --rounds (unless ``rounds`` is False) and --set of a federation
+    (defaults per data set)."""
     parser.add_argument("--data", default="demo", metavar="SPEC", help=SPEC_HELP)
     parser.add_argument(
         "--devices", type=int, help="virtual devices, one per user (default: per data set)"
     )
-    parser.add_argument("--rounds", type=int, help="rounds (default: per data set)")
+    if rounds:
+        parser.add_argument("--rounds", type=int, help="rounds (default: per data set)")
+    else:
+        parser.set_defaults(rounds=None)
     parser.add_argument(
         "--set",
         action="append",
@@ -436,6 +473,26 @@ def _parser() -> argparse.ArgumentParser:
     signal.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
     signal.add_argument("--seed", type=int, default=0)
     signal.set_defaults(run=_privacy_signal)
+
+    pooled = commands.add_parser(
+        "pooled",
+        help="train on every device's examples pooled, with DP-SGD once over them (reference)",
+        description="Run the devices' local round once over all their examples pooled, with "
+        "record-level DP-SGD noising each batch's sum once: what DP could reach if the "
+        "server saw only the sum of the devices' updates (docs/privacy.md). Not private "
+        "to deploy: it needs every record in one place.",
+    )
+    _federation_arguments(pooled, rounds=False)
+    pooled.add_argument("--no-dp", action="store_true", help="train without DP")
+    pooled.add_argument("--target-epsilon", type=float, default=8.0, help="per record")
+    pooled.add_argument("--delta", type=float, default=1e-5)
+    pooled.add_argument("--epochs", type=int, default=5, help="epochs over the pooled examples")
+    pooled.add_argument("--batch-size", type=int, default=1024, help="expected batch")
+    pooled.add_argument("--learning-rate", type=float, default=3e-3, help="Adam's")
+    pooled.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    pooled.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
+    pooled.add_argument("--seed", type=int, default=0)
+    pooled.set_defaults(run=_pooled)
 
     bench = commands.add_parser(
         "bench", help="run a benchmark", description="Run a benchmark (docs/benchmarks.md)."

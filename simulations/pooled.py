@@ -1,0 +1,107 @@
+"""Train the federation's network once, on every device's examples pooled: what record-level DP
+can reach when one mechanism noises the sum of everyone's gradients.
+
+The devices' local round (``train_local``: the same network, examples, sampled negatives,
+Opacus DP-SGD with Poisson sampling, per-example clipping and Gaussian noise) runs over the
+union of the devices' examples, as if they were one device's, for ``local.epochs`` epochs of
+expected batch ``local.batch_size``, with noise planned for exactly those steps. Each record
+is then protected at ``privacy.target_epsilon`` by noise added once to a sum over the whole
+batch. A federation gets the same noise only when its server sees nothing but the sum of the
+devices' updates (secure aggregation, each device sampling its own examples and adding its
+share of the noise); with record-level DP-SGD on each device, as fedrec runs it, every device
+adds all the noise its own guarantee needs. So this is the reference a federation's DP runs
+are measured against, not a private deployment: it needs a curator who sees every record.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedrec.shared.evaluation.harness import EvaluationConfig, EvaluationResult, evaluate
+from fedrec.shared.federated.examples import DeviceExamples
+from fedrec.shared.federated.local import LocalConfig, plan_round, train_local
+from fedrec.shared.federated.settings import FederationSettings
+from fedrec.shared.model.network import Recommender
+from fedrec.shared.model.training import NetworkRecommender
+from fedrec.simulations.world import World, load_world
+
+
+@dataclass(frozen=True)
+class PooledResult:
+    """The harness's figures for the pooled model, and its round: examples, mean training
+    loss, steps, the sampling rate, the noise multiplier and the epsilon spent at ``delta``
+    (None without DP)."""
+
+    evaluation: EvaluationResult
+    examples: int
+    loss: float
+    steps: int
+    sample_rate: float
+    noise_multiplier: float | None
+    epsilon: float | None
+    delta: float | None
+    wall_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.evaluation.to_json(),
+            "examples": self.examples,
+            "loss": self.loss,
+            "steps": self.steps,
+            "sample_rate": self.sample_rate,
+            "noise_multiplier": self.noise_multiplier,
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "wall_s": self.wall_s,
+        }
+
+
+def pooled_examples(world: World, devices: int, local: LocalConfig) -> DeviceExamples:
+    """Every device's examples (each its latest ``local.max_examples``), one device after
+    another."""
+    parts = [world.examples(device, local) for device in range(devices)]
+    return DeviceExamples(
+        *(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(DeviceExamples))
+    )
+
+
+def train_pooled(settings: FederationSettings, resamples: int = 1000) -> PooledResult:
+    """Train ``settings.model`` (initial weights from ``settings.seed``, as the server's) with
+    one local round of ``settings.local`` and ``settings.privacy`` over the pooled examples of
+    ``settings.devices`` devices, and evaluate it with the harness on every user's held-out
+    item (``resamples`` bootstrap resamples)."""
+    started = time.perf_counter()
+    world = load_world(settings.data, settings.devices)
+    examples = pooled_examples(world, settings.devices, settings.local)
+    torch.manual_seed(settings.seed)
+    network = Recommender(settings.model)
+    plan = plan_round(len(examples), settings.local, settings.privacy, planned_rounds=1)
+    result = train_local(
+        network,
+        world.features.table,
+        world.split.num_items,
+        examples,
+        settings.local,
+        settings.privacy,
+        plan=plan,
+        seed=settings.seed,
+    )
+    scorer = NetworkRecommender(network.eval(), name="pooled")
+    scorer.use(world.split, world.sequences, world.features)
+    evaluation = evaluate(scorer, world.split, EvaluationConfig(resamples=resamples))
+    return PooledResult(
+        evaluation=evaluation,
+        examples=len(examples),
+        loss=result.loss,
+        steps=result.steps,
+        sample_rate=result.sample_rate,
+        noise_multiplier=result.noise_multiplier,
+        epsilon=result.epsilon,
+        delta=settings.privacy.delta if settings.privacy.enabled else None,
+        wall_s=time.perf_counter() - started,
+    )
