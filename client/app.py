@@ -31,7 +31,6 @@ from fedrec.shared.federated.local import PrivacyConfig, RoundPlan, plan_round, 
 from fedrec.shared.federated.records import FROZEN_RECORD
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.model.network import Recommender, split_state
-from fedrec.shared.model.training import NetworkRecommender
 from fedrec.simulations.canaries import make_canaries, plant
 from fedrec.simulations.keys import device_key
 from fedrec.simulations.world import load_world
@@ -171,8 +170,7 @@ def evaluate_device(
     the metrics of its held-out item (as one example)."""
     world = load_world(settings.data, settings.devices)
     position = world.position_of(partition)
-    scorer = NetworkRecommender(_global_network(settings, content).eval(), name="device")
-    scorer.use(world.split, world.sequences, world.features)
+    scorer = world.recommender(_global_network(settings, content), "device")
     ranks, top = rank_users(scorer, world.split, np.array([position]))
     metrics = point_estimates(ranks, top, world.split.num_items)
     del metrics["coverage@10"]  # a catalog-wide figure, meaningless for one device

@@ -50,7 +50,6 @@ from fedrec.shared.evaluation.harness import EvaluationConfig, evaluate
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.federated.user_level import plan_user_noise, user_level_epsilon
 from fedrec.shared.model.network import Recommender, split_state
-from fedrec.shared.model.training import NetworkRecommender
 from fedrec.shared.quantization import quantize_int8
 from fedrec.simulations.keys import ensure_secret
 from fedrec.simulations.world import World, load_world
@@ -184,7 +183,9 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
         if keep or aggregated is not None:
             state = {**frozen.to_torch_state_dict(), **published.to_torch_state_dict()}
             network.load_state_dict(state)
-        evaluation = evaluate(_scorer(network, world), world.split, EvaluationConfig(resamples=200))
+        evaluation = evaluate(
+            world.recommender(network, "federated"), world.split, EvaluationConfig(resamples=200)
+        )
         asked = list(strategy.configure_evaluate(server_round, published, ConfigRecord(), grid))
         answers = list(grid.send_and_receive(asked, timeout=3600)) if asked else []
         device_metrics = strategy.aggregate_evaluate(server_round, answers)
@@ -256,12 +257,6 @@ def query_partitions(grid: Grid, nodes: list[int]) -> dict[int, int]:
     if missing:
         logger.warning("%d of %d devices did not say which they are", missing, len(nodes))
     return partitions
-
-
-def _scorer(network: Recommender, world: World) -> NetworkRecommender:
-    scorer = NetworkRecommender(network.eval(), name="federated")
-    scorer.use(world.split, world.sequences, world.features)
-    return scorer
 
 
 def _publish(

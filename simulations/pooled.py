@@ -27,7 +27,6 @@ from fedrec.shared.federated.examples import DeviceExamples
 from fedrec.shared.federated.local import LocalConfig, plan_round, train_local
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.model.network import Recommender
-from fedrec.shared.model.training import NetworkRecommender
 from fedrec.simulations.world import World, load_world
 
 
@@ -91,9 +90,9 @@ def train_pooled(settings: FederationSettings, resamples: int = 1000) -> PooledR
         plan=plan,
         seed=settings.seed,
     )
-    scorer = NetworkRecommender(network.eval(), name="pooled")
-    scorer.use(world.split, world.sequences, world.features)
-    evaluation = evaluate(scorer, world.split, EvaluationConfig(resamples=resamples))
+    evaluation = evaluate(
+        world.recommender(network, "pooled"), world.split, EvaluationConfig(resamples=resamples)
+    )
     return PooledResult(
         evaluation=evaluation,
         examples=len(examples),

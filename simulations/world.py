@@ -19,7 +19,8 @@ from fedrec.shared.evaluation.split import Split, temporal_split
 from fedrec.shared.federated.examples import DeviceExamples, device_examples
 from fedrec.shared.federated.local import LocalConfig
 from fedrec.shared.model.events import EventSequences
-from fedrec.shared.model.training import Features, model_inputs
+from fedrec.shared.model.network import Recommender
+from fedrec.shared.model.training import Features, NetworkRecommender, model_inputs
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,13 @@ class World:
         if position == len(self.split.users) or self.split.users[position] != user:
             raise ValueError(f"device {partition} has no held-out item to evaluate on")
         return position
+
+    def recommender(self, network: Recommender, name: str) -> NetworkRecommender:
+        """The harness adapter that ranks with ``network`` (put in eval mode) over this world's
+        histories, texts and catalog."""
+        scorer = NetworkRecommender(network.eval(), name=name)
+        scorer.use(self.split, self.sequences, self.features)
+        return scorer
 
     def examples(self, partition: int, local: LocalConfig) -> DeviceExamples:
         """Device ``partition``'s training examples (its training events only)."""
