@@ -15,6 +15,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedrec.shared.federated.records import FROZEN_RECORD
+from fedrec.shared.federated.schedule import SCHEDULES, schedule_share
 from fedrec.shared.federated.validation import too_few_updates, update_problem
 
 logger = logging.getLogger(__name__)
@@ -151,14 +152,11 @@ class ReferenceStrategy(WrappedStrategy):
 
 
 def server_step(schedule: str, server_round: int, rounds: int) -> float:
-    """The share of the aggregate's step the server takes in ``server_round`` of ``rounds``:
-    1 for ``constant``; for ``cosine``, from 1 in round 1 down along half a cosine,
-    ``(1 + cos(pi * (round - 1) / rounds)) / 2``."""
-    if schedule == "constant":
-        return 1.0
-    if schedule == "cosine":
-        return (1 + math.cos(math.pi * (server_round - 1) / rounds)) / 2
-    raise ValueError(f"server-schedule must be 'constant' or 'cosine', got {schedule!r}")
+    """The share of the aggregate's step the server takes in ``server_round`` (from 1) of
+    ``rounds``: ``schedule_share`` of round ``server_round - 1``."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"server-schedule must be one of {SCHEDULES}, got {schedule!r}")
+    return schedule_share(schedule, server_round - 1, rounds)
 
 
 class ScheduledStepStrategy(ReferenceStrategy):

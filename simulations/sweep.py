@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 import torch.nn.functional as F
 
+from fedrec.shared.federated.schedule import SCHEDULES, Schedule, schedule_share
 from fedrec.shared.model.network import ModelConfig, Recommender, trained_names
 
 if TYPE_CHECKING:  # Opacus is needed only for private sweeps
@@ -65,7 +66,7 @@ class SweepConfig:
     strategy: Literal["fedavg", "fedadam"] = "fedavg"
     server_learning_rate: float = 1e-2
     server_tau: float = 1e-3
-    server_schedule: Literal["constant", "cosine"] = "constant"
+    server_schedule: Schedule = "constant"
     trained: str = "all"
     dp_epsilon: float = 0.0
     dp_delta: float = 1e-5
@@ -80,8 +81,8 @@ class SweepConfig:
             "fedadam",
         ):
             raise ValueError("local_optimizer must be adam or sgd, strategy fedavg or fedadam")
-        if self.server_schedule not in ("constant", "cosine"):
-            raise ValueError(f"server_schedule must be constant or cosine: {self.server_schedule}")
+        if self.server_schedule not in SCHEDULES:
+            raise ValueError(f"server_schedule must be one of {SCHEDULES}: {self.server_schedule}")
         if min(self.rounds, self.max_examples, self.batch_size, self.epochs) < 1:
             raise ValueError("rounds, max_examples, batch_size and epochs must be at least 1")
         if not 0 < self.fraction <= 1:
@@ -576,9 +577,7 @@ def _server_step(
     moments: tuple[Weights, Weights],
 ) -> None:
     """FedAvg (the averaged update) or Flower's FedAdam, scaled by the schedule, in place."""
-    scale = 1.0
-    if config.server_schedule == "cosine":
-        scale = (1 + math.cos(math.pi * (server_round - 1) / config.rounds)) / 2
+    scale = schedule_share(config.server_schedule, server_round - 1, config.rounds)
     first, second = moments
     for name, delta in average.items():
         if config.strategy == "fedavg":

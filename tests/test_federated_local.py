@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import itertools
 from collections.abc import Sequence
 
 import dp_accounting
@@ -23,6 +24,7 @@ from fedrec.shared.federated.local import (
     plan_round,
     train_local,
 )
+from fedrec.shared.federated.schedule import schedule_share
 from fedrec.shared.model.events import build_sequences
 from fedrec.shared.model.network import ModelConfig, Recommender
 
@@ -189,6 +191,12 @@ def test_bad_configs_and_an_empty_device() -> None:
         LocalConfig(optimizer="lbfgs")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="trained must be 'all' or comma-separated"):
         LocalConfig(trained=" ")
+    with pytest.raises(ValueError, match="momentum applies to the 'sgd' optimizer only"):
+        LocalConfig(momentum=0.9)
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\), got 1.0"):
+        LocalConfig(optimizer="sgd", momentum=1.0)
+    with pytest.raises(ValueError, match=r"schedule must be one of .*'linear'"):
+        LocalConfig(schedule="linear")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="name no module"):
         train_local(
             Recommender(SMALL),
@@ -243,3 +251,88 @@ def test_the_ledger_recomputes_epsilon_and_round_trips() -> None:
     with pytest.raises(ValueError, match="malformed privacy ledger"):
         PrivacyLedger.from_json({"entries": [{"round": 1}]})
     assert epsilon_of("prv", [], 1e-5) == 0.0
+
+
+def test_the_cosine_schedule_falls_from_the_whole_step_to_near_zero() -> None:
+    assert [schedule_share("constant", step, 4) for step in range(4)] == [1.0] * 4
+    shares = [schedule_share("cosine", step, 4) for step in range(4)]
+    assert shares[0] == 1.0 and shares[2] == pytest.approx(0.5)
+    assert all(a > b > 0 for a, b in itertools.pairwise(shares))
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        schedule_share("linear", 0, 4)
+
+
+@pytest.mark.parametrize("privacy", [OFF, PrivacyConfig()], ids=["no-dp", "dp"])
+def test_each_step_takes_the_scheduled_rate_with_momentum(
+    privacy: PrivacyConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rates: list[float] = []
+    momenta: list[float] = []
+    step = torch.optim.SGD.step
+
+    def recording_step(self: torch.optim.SGD, *args: object, **kwargs: object) -> object:
+        rates.append(self.param_groups[0]["lr"])
+        momenta.append(self.param_groups[0]["momentum"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recording_step)
+    local = dataclasses.replace(
+        LOCAL, optimizer="sgd", momentum=0.9, schedule="cosine", learning_rate=2.0
+    )
+    examples = device_examples(sequences(), 0, 4, 100)
+    round_plan = plan_round(len(examples), local, privacy, 1)
+    result = train_local(Recommender(SMALL), table(), ITEMS, examples, local, privacy, round_plan)
+    assert result.steps == round_plan.steps == len(rates)
+    assert rates == pytest.approx(
+        [2.0 * schedule_share("cosine", i, len(rates)) for i in range(len(rates))]
+    )
+    assert set(momenta) == {0.9}
+
+
+def test_momentum_starts_from_the_first_gradient_and_then_carries_it() -> None:
+    examples = device_examples(sequences(), 0, 4, 100)
+    one_step = dataclasses.replace(LOCAL, optimizer="sgd", epochs=1, batch_size=len(examples))
+    trained = {}
+    for name, local in {
+        "plain": one_step,
+        "momentum": dataclasses.replace(one_step, momentum=0.9),
+        "plain, 3 epochs": dataclasses.replace(one_step, epochs=3),
+        "momentum, 3 epochs": dataclasses.replace(one_step, epochs=3, momentum=0.9),
+    }.items():
+        torch.manual_seed(0)
+        network = Recommender(SMALL)
+        train_local(
+            network, table(), ITEMS, examples, local, OFF, plan_round(len(examples), local, OFF, 1)
+        )
+        trained[name] = network.state_dict()
+    assert all(torch.equal(trained["plain"][k], v) for k, v in trained["momentum"].items())
+    assert not all(
+        torch.equal(trained["plain, 3 epochs"][k], v)
+        for k, v in trained["momentum, 3 epochs"].items()
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_round_on_the_gpu_matches_the_cpu() -> None:
+    examples = device_examples(sequences(), 0, 4, 100)
+    round_plan = plan(examples, OFF, 1)
+    networks = []
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        network = Recommender(SMALL)
+        train_local(network, table(), ITEMS, examples, LOCAL, OFF, round_plan, device=device)
+        networks.append(network.state_dict())
+    for name, weights in networks[0].items():
+        assert networks[1][name].device.type == "cpu"
+        torch.testing.assert_close(networks[1][name], weights, rtol=1e-4, atol=1e-5)
+    private = train_local(
+        Recommender(SMALL),
+        table(),
+        ITEMS,
+        examples,
+        LOCAL,
+        PrivacyConfig(),
+        plan(examples, PrivacyConfig(), 1),
+        device="cuda",
+    )
+    assert private.epsilon is not None and 0 < private.epsilon <= 8.0

@@ -15,6 +15,7 @@ from fedrec.cli import main
 from fedrec.shared.federated.local import RDP_ORDERS, LocalConfig
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.model.network import ModelConfig
+from fedrec.simulations import pooled
 from fedrec.simulations.pooled import pooled_examples, train_pooled
 from fedrec.simulations.world import load_world
 
@@ -80,3 +81,33 @@ def test_the_command_takes_the_local_round_from_its_flags(
     assert "hr@10" in written["metrics"] and "epsilon" in printed
     with pytest.raises(SystemExit):  # rounds mean nothing here
         main(["pooled", "--data", "demo", "--rounds", "3"])
+
+
+def test_under_dp_the_command_trains_with_sgd_momentum_on_a_cosine_without_with_adam(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[tuple[FederationSettings, str]] = []
+
+    def recording(settings: FederationSettings, resamples: int, device: str) -> None:
+        seen.append((settings, device))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(pooled, "train_pooled", recording)
+    for flags in (
+        [],
+        ["--no-dp"],
+        ["--learning-rate", "0.5", "--device", "meta"],
+        ["--set", "local-momentum=0", "--set", "local-schedule=constant"],
+        ["--optimizer", "adam"],
+    ):
+        with pytest.raises(SystemExit):
+            main(["pooled", "--data", "demo", "--devices", "6", *flags])
+    (dp, dp_device), (no_dp, _), (rate, rate_device), (plain, _), (adam, _) = seen
+    assert (dp.local.optimizer, dp.local.momentum, dp.local.schedule) == ("sgd", 0.9, "cosine")
+    assert (dp.local.learning_rate, dp.privacy.enabled, dp_device) == (3.0, True, "cpu")
+    assert (no_dp.local.optimizer, no_dp.local.learning_rate) == ("adam", 3e-3)
+    assert no_dp.local.momentum == 0.0 and not no_dp.privacy.enabled
+    assert (rate.local.learning_rate, rate.local.optimizer, rate_device) == (0.5, "sgd", "meta")
+    assert (plain.local.momentum, plain.local.schedule) == (0.0, "constant")
+    assert (adam.local.optimizer, adam.local.learning_rate) == ("adam", 3e-3)
+    assert adam.privacy.enabled and (adam.local.momentum, adam.local.schedule) == (0, "constant")

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedrec.shared.federated.examples import DeviceExamples
+from fedrec.shared.federated.schedule import SCHEDULES, Schedule, schedule_share
 from fedrec.shared.model.network import ALL_PARTS, Recommender, train_only
 
 Accountant = Literal["rdp", "prv"]
@@ -57,8 +58,9 @@ class PrivacyConfig:
 @dataclass(frozen=True)
 class LocalConfig:
     """A device's round: epochs over its examples, expected batch size (Poisson sampling under
-    DP), the optimizer and its learning rate, events of context per example, sampled
-    negatives, a cap on examples (the latest are kept), and the parts of the network it trains
+    DP), the optimizer, its learning rate and how that moves over the round's steps
+    (``schedule``), SGD's ``momentum``, events of context per example, sampled negatives, a
+    cap on examples (the latest are kept), and the parts of the network it trains
     (``trained``: ``all`` or module paths, ``fedrec.shared.model.network.trained_names``);
     only those leave the device."""
 
@@ -69,6 +71,8 @@ class LocalConfig:
     negatives: int = 100
     max_examples: int = 256
     optimizer: Optimizer = "adam"
+    momentum: float = 0.0
+    schedule: Schedule = "constant"
     trained: str = ALL_PARTS
 
     def __post_init__(self) -> None:
@@ -79,6 +83,12 @@ class LocalConfig:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.momentum and self.optimizer != "sgd":
+            raise ValueError("momentum applies to the 'sgd' optimizer only (Adam has its own)")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not self.trained.strip():
             raise ValueError("trained must be 'all' or comma-separated module paths, got ''")
 
@@ -181,11 +191,13 @@ def train_local(
     plan: RoundPlan,
     accountant_state: dict[str, Any] | None = None,
     seed: int = 0,
+    device: str = "cpu",
 ) -> LocalResult:
     """Train ``network`` in place on ``examples`` for one round as ``plan`` (``plan_round``)
     says; ``table`` holds the item features (rows ``0..num_items-1``) and then the device's
     text features. Under DP, the accountant continues from ``accountant_state`` (the device's
-    saved state)."""
+    saved state). The round computes on torch ``device`` (a GPU for ``fedrec pooled``); the
+    sampling of batches and negatives does not depend on it."""
     if len(examples) == 0:
         raise ValueError("this device has no examples to train on")
     generator = torch.Generator().manual_seed(seed)
@@ -202,10 +214,11 @@ def train_local(
         engine = PrivacyEngine(accountant=privacy.accountant)
         if accountant_state is not None:
             engine.accountant.load_state_dict(_accountant_from_json(accountant_state))
+    scorer.to(device)
     # after Opacus' fixes, which give the LSTM new parameter names under the same module path
     trainable = train_only(_inner_network(scorer), local.trained)
     optimizer: torch.optim.Optimizer = (
-        torch.optim.SGD(trainable, lr=local.learning_rate)
+        torch.optim.SGD(trainable, lr=local.learning_rate, momentum=local.momentum)
         if local.optimizer == "sgd"
         else torch.optim.Adam(trainable, lr=local.learning_rate)
     )
@@ -217,8 +230,11 @@ def train_local(
             noise_multiplier=plan.noise_multiplier,
             max_grad_norm=privacy.max_grad_norm,
             # Noise the server cannot predict: seeded from the OS, never from ``seed``.
-            noise_generator=torch.Generator().manual_seed(secrets.randbits(63)),
+            noise_generator=torch.Generator(device=device).manual_seed(secrets.randbits(63)),
         )
+    rate = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: schedule_share(local.schedule, step, plan.steps)
+    )
     total, count, steps = 0.0, 0, 0
     for _ in range(local.epochs):
         for rows, types, lengths, targets in loader:
@@ -229,12 +245,15 @@ def train_local(
             negatives = torch.randint(
                 num_items, (len(targets), local.negatives), generator=generator
             )
-            logits = scorer(rows, types, lengths, torch.cat([targets[:, None], negatives], 1))
-            zero = torch.zeros(len(targets), dtype=torch.long)
+            candidates = torch.cat([targets[:, None], negatives], 1)
+            inputs = (t.to(device) for t in (rows, types, lengths, candidates))
+            logits = scorer(*inputs)
+            zero = torch.zeros(len(targets), dtype=torch.long, device=device)
             loss = F.cross_entropy(logits, zero) * (1.0 if n else 0.0)
             optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
+            rate.step()
             steps += 1
             total += float(loss.detach()) * n
             count += n

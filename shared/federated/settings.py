@@ -7,14 +7,14 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from fedrec.shared.federated.local import LocalConfig, PrivacyConfig
+from fedrec.shared.federated.schedule import SCHEDULES, Schedule
 from fedrec.shared.federated.user_level import UserPrivacyConfig
 from fedrec.shared.model.network import ModelConfig, Recommender, trained_names
 
 Strategy = Literal["fedavg", "fedadam"]
-ServerSchedule = Literal["constant", "cosine"]
 BundleFormat = Literal["fp32", "int8"]
 
 
@@ -49,7 +49,7 @@ class FederationSettings:
     strategy: Strategy = "fedavg"
     server_learning_rate: float = 1e-2
     server_tau: float = 1e-3
-    server_schedule: ServerSchedule = "constant"
+    server_schedule: Schedule = "constant"
     max_update_norm: float = 50.0
     min_update_share: float = 0.5
     average_decay: float = 0.0
@@ -73,10 +73,9 @@ class FederationSettings:
             raise ValueError(f"fraction_evaluate must be in [0, 1], got {self.fraction_evaluate}")
         if self.strategy not in ("fedavg", "fedadam"):
             raise ValueError(f"strategy must be 'fedavg' or 'fedadam', got {self.strategy!r}")
-        if self.server_schedule not in get_args(ServerSchedule):
+        if self.server_schedule not in SCHEDULES:
             raise ValueError(
-                f"server_schedule must be one of {get_args(ServerSchedule)}, "
-                f"got {self.server_schedule!r}"
+                f"server_schedule must be one of {SCHEDULES}, got {self.server_schedule!r}"
             )
         if self.bundle_format not in ("fp32", "int8"):
             raise ValueError(f"bundle-format must be 'fp32' or 'int8', got {self.bundle_format!r}")
