@@ -81,6 +81,12 @@ POOLED_OPTIMIZERS: dict[str, dict[str, Any]] = {
 }
 
 
+def pooled_optimizer(private: bool, name: str | None = None) -> dict[str, Any]:
+    """The run-config keys of optimiser ``name`` in ``POOLED_OPTIMIZERS``; None: ``sgd``
+    under DP, ``adam`` without."""
+    return POOLED_OPTIMIZERS[name or ("sgd" if private else "adam")]
+
+
 def pooled_examples(world: World, devices: int, local: LocalConfig) -> DeviceExamples:
     """Every device's examples (each its latest ``local.max_examples``), one device after
     another."""

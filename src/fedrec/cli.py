@@ -181,7 +181,7 @@ def _privacy_signal(args: argparse.Namespace) -> int:
 
 def _pooled(args: argparse.Namespace) -> int:
     from fedrec.shared.federated.local import PrivacyConfig
-    from fedrec.simulations.pooled import POOLED_OPTIMIZERS, train_pooled
+    from fedrec.simulations.pooled import pooled_optimizer, train_pooled
 
     privacy = PrivacyConfig(
         enabled=not args.no_dp, target_epsilon=args.target_epsilon, delta=args.delta
@@ -189,7 +189,7 @@ def _pooled(args: argparse.Namespace) -> int:
     local = {
         "local-epochs": args.epochs,
         "local-batch-size": args.batch_size,
-        **POOLED_OPTIMIZERS[args.optimizer or ("sgd" if privacy.enabled else "adam")],
+        **pooled_optimizer(privacy.enabled, args.optimizer),
     }
     if args.learning_rate is not None:
         local["local-learning-rate"] = args.learning_rate
