@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from opacus import GradSampleModule, PrivacyEngine
 from opacus.accountants.utils import get_noise_multiplier
-from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from fedrec.shared.federated.dp_lstm import to_per_example_lstms, to_torch_lstms
 from fedrec.shared.federated.examples import DeviceExamples
 from fedrec.shared.federated.schedule import SCHEDULES, Schedule, schedule_share
 from fedrec.shared.model.network import ALL_PARTS, Recommender, train_only
@@ -207,16 +207,15 @@ def train_local(
     )
     loader = DataLoader(data, batch_size=plan.batch_size, shuffle=True, generator=generator)
     trained = copy.deepcopy(network).train()
-    scorer: nn.Module = ExampleScorer(trained, table)
     engine = None
     if privacy.enabled:
-        scorer = ModuleValidator.fix(scorer)
+        to_per_example_lstms(trained)  # per-example gradients in one product over time
         engine = PrivacyEngine(accountant=privacy.accountant)
         if accountant_state is not None:
             engine.accountant.load_state_dict(_accountant_from_json(accountant_state))
-    scorer.to(device)
-    # after Opacus' fixes, which give the LSTM new parameter names under the same module path
-    trainable = train_only(_inner_network(scorer), local.trained)
+    scorer: nn.Module = ExampleScorer(trained, table).to(device)
+    # after the swap, which gives the LSTM new parameter names under the same module path
+    trainable = train_only(trained, local.trained)
     optimizer: torch.optim.Optimizer = (
         torch.optim.SGD(trainable, lr=local.learning_rate, momentum=local.momentum)
         if local.optimizer == "sgd"
@@ -257,8 +256,8 @@ def train_local(
             steps += 1
             total += float(loss.detach()) * n
             count += n
-    names = network.state_dict().keys()  # DPLSTM also lists its cells' own names: drop them
-    network.load_state_dict({k: v for k, v in trained_state(scorer).items() if k in names})
+    to_torch_lstms(trained)
+    network.load_state_dict(trained.state_dict())
     if isinstance(scorer, GradSampleModule):
         # Opacus' hooks hold the per-example gradients in reference cycles, which only a
         # full garbage collection frees: release them now (without this, a Ray actor grew
@@ -279,18 +278,6 @@ def train_local(
         steps=steps,
         accountant_state=state,
     )
-
-
-def trained_state(scorer: nn.Module) -> dict[str, torch.Tensor]:
-    """The network weights inside a scorer, wrapped by Opacus or not."""
-    return _inner_network(scorer).state_dict()
-
-
-def _inner_network(scorer: nn.Module) -> nn.Module:
-    inner = getattr(scorer, "_module", scorer)
-    if not isinstance(inner, ExampleScorer):
-        raise TypeError(f"expected an ExampleScorer, got {type(inner).__name__}")
-    return inner.network
 
 
 def _accountant_to_json(state: Any) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedrec import __version__
 from fedrec.benchmarks import BenchmarkReport
+from fedrec.benchmarks.dp_step import run_dp_step_benchmark
 from fedrec.benchmarks.feedback import run_feedback_benchmark
 from fedrec.benchmarks.rank import run_rank_benchmark
 from fedrec.benchmarks.reembed import run_reembed_benchmark
@@ -525,6 +526,15 @@ def _parser() -> argparse.ArgumentParser:
             "on-device latency from an event to a refreshed top-10",
             "A real device over synthetic items: time from recording an item event, or a text "
             "(encoded on the device), to the refreshed top-10; p50 and p99.",
+        ),
+        "dp-step": (
+            run_dp_step_benchmark,
+            9_742,
+            "training: a DP-SGD step with Opacus' DPLSTM vs the per-example LSTM",
+            "One DP-SGD step of the federated network (forward, per-example gradients, "
+            "clipping, noise, update) on batches of 1,024 synthetic examples, with Opacus' "
+            "DPLSTM against PerExampleLSTM (what training uses); both must give the same "
+            "clipped gradient.",
         ),
         "reembed": (
             run_reembed_benchmark,

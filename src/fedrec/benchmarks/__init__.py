@@ -27,3 +27,11 @@ class BenchmarkReport:
         op, bound = self.TARGETS[name]
         met = value <= bound if op == "<=" else value >= bound
         return f"   target {op} {bound:g}: {'met' if met else 'MISSED'}"
+
+    def figure_lines(self, figures: tuple[tuple[str, str], ...]) -> list[str]:
+        """One line per ``(name, format)`` in ``figures``: the name, the value formatted, and
+        the verdict on its target, if it has one."""
+        return [
+            f"{name:<28}{fmt.format(getattr(self, name))}{self.verdict(name, getattr(self, name))}"
+            for name, fmt in figures
+        ]

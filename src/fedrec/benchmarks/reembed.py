@@ -72,9 +72,7 @@ class ReembedBenchmarkResult(BenchmarkReport):
             f"{self.machine['load_average_1min_start']:.2f} at the start, "
             f"{self.machine['load_average_1min']:.2f} at the end"
         ]
-        for name, fmt in FIGURES:
-            value = getattr(self, name)
-            lines.append(f"{name:<28}{fmt.format(value)}{self.verdict(name, value)}")
+        lines += self.figure_lines(FIGURES)
         lines.append(f"{'same_vectors':<28}{self.same_vectors!s:>12}   (|diff| <= {TOLERANCE:g})")
         lines += [f"{name + ' (ms)':<28}{ms:>12.3f}" for name, ms in self.timings_ms.items()]
         return "\n".join(lines)
