@@ -28,6 +28,7 @@ from fedrec.benchmarks import BenchmarkReport
 from fedrec.benchmarks.rank import machine_facts
 from fedrec.shared.federated.dp_lstm import to_per_example_lstms
 from fedrec.shared.federated.local import ExampleScorer
+from fedrec.shared.federated.settings import federated_model
 from fedrec.shared.model.network import ModelConfig, Recommender
 
 TOLERANCE = 1e-5
@@ -95,7 +96,7 @@ def run_dp_step_benchmark(
     after one untimed step."""
     if rounds < 1 or batch_size < 1 or n_items < 1:
         raise ValueError("the dp-step benchmark needs at least 1 round, example and item")
-    config = config or ModelConfig(hidden_dim=128, item_rank=16)
+    config = config or federated_model()
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     network = Recommender(config)
@@ -170,10 +171,14 @@ class _DPStepper:
             expected_batch_size=batch_size,
         )
 
-    def step(self, inputs: tuple[torch.Tensor, ...]) -> None:
+    def backward(self, inputs: tuple[torch.Tensor, ...]) -> None:
+        """Per-example gradients of the loss on ``inputs`` (target: candidate 0)."""
         self.optimizer.zero_grad()
         logits = self.model(*inputs)
         F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long)).backward()  # type: ignore[no-untyped-call]
+
+    def step(self, inputs: tuple[torch.Tensor, ...]) -> None:
+        self.backward(inputs)
         self.optimizer.step()
 
 
@@ -181,9 +186,7 @@ def _clipped_gradient(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> lis
     """The clipped, noiseless mean gradient of ``model`` on ``inputs``, parameter by parameter
     in registration order (the same for both LSTMs), leaving ``model`` unchanged."""
     stepper = _DPStepper(copy.deepcopy(model), len(inputs[0]), noise_multiplier=0.0)
-    stepper.optimizer.zero_grad()
-    logits = stepper.model(*inputs)
-    F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long)).backward()  # type: ignore[no-untyped-call]
+    stepper.backward(inputs)
     stepper.optimizer.pre_step()
     gradients = [p.grad.detach().clone() for p in stepper.optimizer.params if p.grad is not None]
     stepper.model._close()
