@@ -4,10 +4,15 @@ Flower's simulation engine and returns its summary (also in ``OUT/summary.json``
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import ray
 from flwr.simulation import run_simulation
 
 from fedrec.client.app import make_client_app
@@ -16,6 +21,50 @@ from fedrec.server.federation import SUMMARY, recorded_user_noises, user_level_n
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.simulations.world import load_world
 
+#: How much lower than the devices' the scheduling priority of the simulation engine's own
+#: threads is (``os.nice`` steps; docs/federated.md, "Wall time: Flower's engine beside the
+#: devices").
+DRIVER_NICENESS = 10
+
+
+def _run_beside_devices(run: Callable[[], None]) -> None:
+    """Run Flower's simulation engine (``run``) with its threads below the devices' priority.
+
+    The engine polls its message store for every node ten times a second, a scan that grows
+    with the number of nodes times the messages in flight and keeps one CPU core busy through
+    every round of a large federation, beside the devices' Ray workers. Ray is started here
+    first, so its workers keep the normal priority; the engine then runs in a thread of its own
+    that lowers its priority (on Linux, that thread's and those it starts), and takes the
+    cores only when the devices leave them idle."""
+    if not ray.is_initialized():
+        # as Flower's Ray backend would: its workers import what this process imports
+        inherited = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+        path = os.pathsep.join(dict.fromkeys(filter(None, [*sys.path, *inherited])))
+        os.environ["PYTHONPATH"] = path
+        # Ray runs its workers at niceness 15 unless told otherwise
+        os.environ.setdefault("RAY_worker_niceness", "0")
+        ray.init(
+            runtime_env={"env_vars": {"PYTHONPATH": path}},
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+        )
+    failure: list[BaseException] = []
+
+    def engine() -> None:
+        try:
+            os.nice(DRIVER_NICENESS)
+            run()
+        except BaseException as error:  # re-raised in the caller's thread
+            failure.append(error)
+
+    # a daemon, so that Ctrl-C in the caller's thread ends the run (which resumes from its
+    # last checkpoint)
+    thread = threading.Thread(target=engine, name="fedrec-simulation-engine", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+
 
 def simulate(settings: FederationSettings, cpus_per_device: int = 1) -> dict[str, Any]:
     """Run the federation ``settings`` describes (resuming from its checkpoint, if any)."""
@@ -23,11 +72,13 @@ def simulate(settings: FederationSettings, cpus_per_device: int = 1) -> dict[str
     # fail early when a resumed run has no user-level budget left
     user_level_noise(settings, recorded_user_noises(Path(settings.out)))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    run_simulation(
-        server_app=make_server_app(settings),
-        client_app=make_client_app(settings),
-        num_supernodes=settings.devices,
-        backend_config={"client_resources": {"num_cpus": cpus_per_device, "num_gpus": 0.0}},
+    _run_beside_devices(
+        lambda: run_simulation(
+            server_app=make_server_app(settings),
+            client_app=make_client_app(settings),
+            num_supernodes=settings.devices,
+            backend_config={"client_resources": {"num_cpus": cpus_per_device, "num_gpus": 0.0}},
+        )
     )
     summary_file = Path(settings.out) / SUMMARY
     if not summary_file.exists():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pickle
 import statistics
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import dp_accounting
 import numpy as np
 import pytest
+import ray
 import torch
 from dp_accounting import rdp
 from flwr.app import Array, Context, Message
@@ -94,15 +96,28 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     out = tmp_path_factory.mktemp("federation")
     settings = small_federation(out, rounds=2, user_privacy=UserPrivacyConfig(enabled=True))
     with pytest.MonkeyPatch.context() as patch:
-        wrap_devices(patch, Capture(out / "captured"))
+        wrap_devices(patch, Capture(out / "captured"), RecordPriority(out / "priorities"))
         summary = simulation_run.simulate(settings)
     return settings, summary, out
 
 
-def wrap_devices(patch: pytest.MonkeyPatch, mod: Mod) -> None:
-    """Wrap every device's ClientApp in the simulations that follow with ``mod``."""
+def wrap_devices(patch: pytest.MonkeyPatch, *mods: Mod) -> None:
+    """Wrap every device's ClientApp in the simulations that follow with ``mods``."""
     original = simulation_run.make_client_app
-    patch.setattr(simulation_run, "make_client_app", lambda s: original(s, mods=[mod]))
+    patch.setattr(simulation_run, "make_client_app", lambda s: original(s, mods=list(mods)))
+
+
+class RecordPriority:
+    """A client mod that writes the scheduling priority (niceness) a device runs at."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        self.folder.mkdir(exist_ok=True)
+        partition = int(context.node_config["partition-id"])
+        (self.folder / str(partition)).write_text(str(os.getpriority(os.PRIO_PROCESS, 0)))
+        return call_next(msg, context)
 
 
 def test_rounds_are_reported_with_failed_and_poisoned_devices_left_out(run: Run) -> None:
@@ -121,6 +136,30 @@ def test_rounds_are_reported_with_failed_and_poisoned_devices_left_out(run: Run)
     assert summary["epsilon_max"] == lines[-1]["epsilon"]["max"]
     assert summary["metrics"]["hr@10"] == lines[-1]["metrics"]["hr@10"]
     assert summary["users"] == 600 and summary["bytes_up_per_device_round"] > 0
+
+
+def test_devices_run_at_the_callers_priority(run: Run) -> None:
+    # Ray would run them at niceness 15, below the simulation engine's polling
+    _, _, out = run
+    recorded = {int(path.read_text()) for path in (out / "priorities").iterdir()}
+    assert recorded == {os.getpriority(os.PRIO_PROCESS, 0)}
+
+
+def test_the_simulation_engine_runs_below_the_devices_priority() -> None:
+    caller = os.getpriority(os.PRIO_PROCESS, 0)
+    seen: list[int] = []
+    try:
+        simulation_run._run_beside_devices(lambda: seen.append(os.getpriority(os.PRIO_PROCESS, 0)))
+        with pytest.raises(RuntimeError, match="engine failed"):
+            simulation_run._run_beside_devices(_fail)
+    finally:
+        ray.shutdown()
+    assert seen == [min(19, caller + simulation_run.DRIVER_NICENESS)]
+    assert os.getpriority(os.PRIO_PROCESS, 0) == caller  # only the engine's thread
+
+
+def _fail() -> None:
+    raise RuntimeError("engine failed")
 
 
 def test_devices_send_only_the_trained_parts_and_the_rest_stays_as_initialised(
