@@ -182,8 +182,8 @@ def _markdown(run: RunPrivacy, others: list[RunPrivacy]) -> str:
             f"each, as many controls): an attacker who sees the published model tells planted "
             f"canaries from controls with AUC **{audit['auc']:.3f}** (0.5 is guessing); mean "
             f"rank of a canary's item {audit['planted_mean_rank']:.0f} planted, "
-            f"{audit['control_mean_rank']:.0f} not. Each canary is {audit['repeats']} records, "
-            "so record-level DP covers it as a group.",
+            f"{audit['control_mean_rank']:.0f} not. Each canary is {audit['repeats']} records "
+            "of one user: user-level DP covers it whole, record-level DP as a group.",
         ]
     if others:
         lines += ["", "Runs compared (utility against epsilon):", ""]

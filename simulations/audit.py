@@ -1,6 +1,6 @@
-"""The empirical privacy audit: train with canaries planted, without DP and with DP, and attack
-each published model (``fedrec.simulations.canaries``); the privacy report shows the result
-beside the theoretical epsilon."""
+"""The empirical privacy audit: train with canaries planted, without DP, with record-level DP
+and with user-level DP, and attack each published model (``fedrec.simulations.canaries``);
+the privacy report shows the result beside the theoretical epsilon."""
 
 from __future__ import annotations
 
@@ -15,21 +15,30 @@ from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.model.network import Recommender
 from fedrec.simulations.canaries import audit, make_canaries
 from fedrec.simulations.run import simulate
+from fedrec.simulations.study import StudyRun
 from fedrec.simulations.world import load_world
 
 
+def audit_runs(base: FederationSettings, out: Path) -> dict[str, FederationSettings]:
+    """The audit's federations by run folder: without DP, with ``base``'s record-level DP, and
+    with user-level DP alone at ``base``'s user-level budget (training what ``--user-dp``
+    trains by default)."""
+    runs = (
+        StudyRun("no-dp", "none", None),
+        StudyRun("dp", "record", base.privacy.target_epsilon),
+        StudyRun("user-dp", "user", base.user_privacy.target_epsilon),
+    )
+    return {run.name: run.settings(base, out) for run in runs}
+
+
 def run_audit(base: FederationSettings, out: Path) -> dict[str, Any]:
-    """Plant ``base.canaries`` canaries and train twice, without DP and with ``base``'s DP;
-    attack each published model. Writes ``audit.json`` into each run folder (the privacy
-    report shows it) and ``out/audit.json``; returns the latter's content."""
+    """Plant ``base.canaries`` canaries, train each of ``audit_runs`` and attack its published
+    model. Writes ``audit.json`` into each run folder (the privacy report shows it) and
+    ``out/audit.json``; returns the latter's content."""
     if base.canaries < 1:
         raise ValueError("an audit needs canaries: set canaries >= 1")
     results: dict[str, Any] = {}
-    for name, privacy in (
-        ("no-dp", dataclasses.replace(base.privacy, enabled=False)),
-        ("dp", base.privacy),
-    ):
-        settings = dataclasses.replace(base, out=str(out / name), privacy=privacy)
+    for name, settings in audit_runs(base, out).items():
         simulate(settings)
         world = load_world(settings.data, settings.devices)
         network = Recommender(settings.model)
@@ -38,12 +47,15 @@ def run_audit(base: FederationSettings, out: Path) -> dict[str, Any]:
             world.split.num_items, settings.devices, settings.canaries, settings.seed
         )
         found = audit(network, world.features.table[: world.split.num_items], canaries)
+        record, user = settings.privacy, settings.user_privacy
         entry = {
             **dataclasses.asdict(found),
             "canaries": settings.canaries,
             "repeats": settings.canary_repeats,
-            "record_level_dp": privacy.enabled,
-            "target_epsilon": privacy.target_epsilon if privacy.enabled else None,
+            "record_level_dp": record.enabled,
+            "target_epsilon": record.target_epsilon if record.enabled else None,
+            "user_level_dp": user.enabled,
+            "user_target_epsilon": user.target_epsilon if user.enabled else None,
         }
         (Path(settings.out) / AUDIT).write_text(json.dumps(entry, indent=2) + "\n")
         privacy_report(Path(settings.out))

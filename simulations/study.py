@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.server.privacy_report import RunPrivacy, privacy_report
-from fedrec.shared.federated.settings import FederationSettings
+from fedrec.shared.federated.settings import USER_DP_TRAINED, FederationSettings
+from fedrec.shared.model.network import ALL_PARTS
 from fedrec.simulations.run import simulate
 
 #: The epsilons of the study (None: without DP).
@@ -31,6 +32,8 @@ class StudyRun:
     epsilon: float | None
 
     def settings(self, base: FederationSettings, out: Path) -> FederationSettings:
+        """``base`` at this level; a user-level run trains ``USER_DP_TRAINED`` where ``base``
+        trains every part, as ``fedrec simulate --user-dp`` does."""
         epsilon = self.epsilon or 8.0
         record = dataclasses.replace(
             base.privacy, enabled=self.level == "record", target_epsilon=epsilon
@@ -38,8 +41,11 @@ class StudyRun:
         user = dataclasses.replace(
             base.user_privacy, enabled=self.level == "user", target_epsilon=epsilon
         )
+        local = base.local
+        if self.level == "user" and local.trained == ALL_PARTS:
+            local = dataclasses.replace(local, trained=USER_DP_TRAINED)
         return dataclasses.replace(
-            base, out=str(out / self.name), privacy=record, user_privacy=user
+            base, out=str(out / self.name), privacy=record, user_privacy=user, local=local
         )
 
 

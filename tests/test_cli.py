@@ -139,6 +139,7 @@ def test_set_overrides_run_config_keys_after_every_flag(
     assert main([*args, str(tmp_path), "--set", "user-dp-enabled=true"]) == 0
     private, chosen, set_off, user_level = seen
     assert (user_level.strategy, user_level.user_privacy.enabled) == ("fedavg", True)
+    assert user_level.local.trained == "users.recency"
     assert (private.strategy, private.rounds, private.privacy.enabled) == ("fedavg", 25, True)
     assert (chosen.strategy, chosen.rounds, chosen.local.optimizer) == ("fedavg", 60, "sgd")
     assert (set_off.strategy, set_off.privacy.enabled) == ("fedadam", False)

@@ -50,7 +50,12 @@ def test_movielens_without_dp_defaults_to_the_run_that_met_its_target() -> None:
     assert (dp.strategy, dp.rounds, dp.local.optimizer) == ("fedavg", 25, "adam")
     user_only = UserPrivacyConfig(enabled=True)
     user = FederationSettings.for_data("movielens:x", privacy=off, user_privacy=user_only)
-    assert user == dataclasses.replace(dp, privacy=off, user_privacy=user_only)
+    recency = dataclasses.replace(dp.local, trained="users.recency")  # the user-level default
+    assert user == dataclasses.replace(dp, privacy=off, user_privacy=user_only, local=recency)
+    both = FederationSettings.for_data("demo", user_privacy=user_only)
+    assert both.privacy.enabled and both.local.trained == "users.recency"
+    chosen = both.with_run_config({"local-trained": "all"})
+    assert chosen.local.trained == "all" and chosen.user_privacy.enabled
     given_back = {  # docs/federated.md: the DP defaults without DP
         "local-optimizer": "adam",
         "local-learning-rate": 0.01,

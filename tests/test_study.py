@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedrec.shared.federated.settings import FederationSettings
+from fedrec.simulations.audit import audit_runs
 from fedrec.simulations.study import study_runs
 
 
@@ -24,9 +25,13 @@ def test_the_study_covers_no_dp_and_both_levels_at_each_epsilon(tmp_path: Path) 
     settings = record.settings(base, tmp_path)
     assert settings.privacy.enabled and settings.privacy.target_epsilon == 3.0
     assert not settings.user_privacy.enabled and settings.out == str(tmp_path / "record-eps3")
+    assert settings.local.trained == "all"
     settings = user.settings(base, tmp_path)
     assert not settings.privacy.enabled and settings.user_privacy.enabled
     assert settings.user_privacy.target_epsilon == 3.0 and settings.rounds == 2
+    assert settings.local.trained == "users.recency"  # what --user-dp trains by default
+    chosen = base.with_run_config({"local-trained": "items,users.recency"})
+    assert user.settings(chosen, tmp_path).local.trained == "items,users.recency"
 
 
 def test_each_run_keeps_the_base_privacy_knobs_it_does_not_set(tmp_path: Path) -> None:
@@ -37,3 +42,24 @@ def test_each_run_keeps_the_base_privacy_knobs_it_does_not_set(tmp_path: Path) -
         settings = run.settings(base, tmp_path)
         assert settings.privacy.max_grad_norm == 0.5 and settings.privacy.accountant == "prv"
         assert settings.user_privacy.clipping_norm == 2.0
+
+
+def test_the_audit_trains_without_dp_and_at_each_level_alone(tmp_path: Path) -> None:
+    base = FederationSettings.for_data("demo", canaries=4).with_run_config(
+        {"dp-target-epsilon": 3.0, "user-dp-target-epsilon": 5.0}
+    )
+    runs = audit_runs(base, tmp_path)
+    assert list(runs) == ["no-dp", "dp", "user-dp"]
+    levels = {
+        name: (s.privacy.enabled, s.user_privacy.enabled, s.local.trained)
+        for name, s in runs.items()
+    }
+    assert levels == {
+        "no-dp": (False, False, "all"),
+        "dp": (True, False, "all"),
+        "user-dp": (False, True, "users.recency"),
+    }
+    assert runs["dp"].privacy.target_epsilon == 3.0
+    assert runs["user-dp"].user_privacy.target_epsilon == 5.0
+    assert {s.out for s in runs.values()} == {str(tmp_path / n) for n in runs}
+    assert {s.canaries for s in runs.values()} == {4}

@@ -408,7 +408,7 @@ def _parser() -> argparse.ArgumentParser:
         "--trained",
         metavar="PARTS",
         help="what devices train and send: 'all' or module paths such as "
-        "'items,users.recency' (default: per data set)",
+        "'items,users.recency' (default: all; with --user-dp, users.recency)",
     )
     simulate.add_argument("--seed", type=int, default=0)
     simulate.set_defaults(run=_simulate)
