@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.server.privacy_report import RunPrivacy, privacy_report
-from fedrec.shared.federated.settings import USER_DP_TRAINED, FederationSettings
-from fedrec.shared.model.network import ALL_PARTS
+from fedrec.shared.federated.settings import FederationSettings, user_level_local
 from fedrec.simulations.run import simulate
 
 #: The epsilons of the study (None: without DP).
@@ -32,8 +31,9 @@ class StudyRun:
     epsilon: float | None
 
     def settings(self, base: FederationSettings, out: Path) -> FederationSettings:
-        """``base`` at this level; a user-level run trains ``USER_DP_TRAINED`` where ``base``
-        trains every part, as ``fedrec simulate --user-dp`` does."""
+        """``base`` at this level; a user-level run trains what ``user_level_local`` gives (the
+        recency weights where ``base`` trains every part), as ``fedrec simulate --user-dp``
+        does."""
         epsilon = self.epsilon or 8.0
         record = dataclasses.replace(
             base.privacy, enabled=self.level == "record", target_epsilon=epsilon
@@ -41,9 +41,7 @@ class StudyRun:
         user = dataclasses.replace(
             base.user_privacy, enabled=self.level == "user", target_epsilon=epsilon
         )
-        local = base.local
-        if self.level == "user" and local.trained == ALL_PARTS:
-            local = dataclasses.replace(local, trained=USER_DP_TRAINED)
+        local = user_level_local(base.local) if self.level == "user" else base.local
         return dataclasses.replace(
             base, out=str(out / self.name), privacy=record, user_privacy=user, local=local
         )

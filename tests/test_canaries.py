@@ -1,6 +1,9 @@
-"""Canaries for the privacy audit: planting, and an attack that finds memorised ones."""
+"""The privacy audit: planting canaries, an attack that finds memorised ones, and the
+federations it trains."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +11,9 @@ import torch
 
 from fedrec.shared.federated.examples import DeviceExamples
 from fedrec.shared.federated.local import LocalConfig, PrivacyConfig, plan_round, train_local
+from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.model.network import ModelConfig, Recommender
+from fedrec.simulations.audit import audit_runs
 from fedrec.simulations.canaries import audit, make_canaries, plant
 
 ITEMS = 40
@@ -48,3 +53,24 @@ def test_the_attack_tells_memorised_canaries_from_controls() -> None:
     assert (before.planted, before.controls) == (after.planted, after.controls) == (8, 8)
     assert after.auc > 0.85 > before.auc, (before, after)
     assert after.planted_mean_rank < after.control_mean_rank
+
+
+def test_the_audit_trains_without_dp_and_at_each_level_alone(tmp_path: Path) -> None:
+    base = FederationSettings.for_data("demo", canaries=4).with_run_config(
+        {"dp-target-epsilon": 3.0, "user-dp-target-epsilon": 5.0}
+    )
+    runs = audit_runs(base, tmp_path)
+    assert list(runs) == ["no-dp", "dp", "user-dp"]
+    levels = {
+        name: (s.privacy.enabled, s.user_privacy.enabled, s.local.trained)
+        for name, s in runs.items()
+    }
+    assert levels == {
+        "no-dp": (False, False, "all"),
+        "dp": (True, False, "all"),
+        "user-dp": (False, True, "users.recency"),
+    }
+    assert runs["dp"].privacy.target_epsilon == 3.0
+    assert runs["user-dp"].user_privacy.target_epsilon == 5.0
+    assert {s.out for s in runs.values()} == {str(tmp_path / n) for n in runs}
+    assert {s.canaries for s in runs.values()} == {4}

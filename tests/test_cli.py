@@ -137,9 +137,11 @@ def test_set_overrides_run_config_keys_after_every_flag(
     assert main([*args[:-1], "--strategy", "fedavg", "--out", str(tmp_path)]) == 0
     assert main([*args[:-2], "--out", str(tmp_path), "--set", "dp-enabled=false"]) == 0
     assert main([*args, str(tmp_path), "--set", "user-dp-enabled=true"]) == 0
-    private, chosen, set_off, user_level = seen
+    assert main([*args, str(tmp_path), "--user-dp", "--trained", "all"]) == 0
+    private, chosen, set_off, user_level, user_level_all = seen
     assert (user_level.strategy, user_level.user_privacy.enabled) == ("fedavg", True)
-    assert user_level.local.trained == "users.recency"
+    assert user_level.local.trained == "users.recency"  # the user-level default
+    assert user_level_all.user_privacy.enabled and user_level_all.local.trained == "all"
     assert (private.strategy, private.rounds, private.privacy.enabled) == ("fedavg", 25, True)
     assert (chosen.strategy, chosen.rounds, chosen.local.optimizer) == ("fedavg", 60, "sgd")
     assert (set_off.strategy, set_off.privacy.enabled) == ("fedadam", False)
@@ -151,4 +153,4 @@ def test_set_overrides_run_config_keys_after_every_flag(
     ]:
         assert main(["simulate", "--out", str(tmp_path), "--set", bad]) == 2
         assert message in capsys.readouterr().err
-    assert len(seen) == 4  # no bad --set reached a federation
+    assert len(seen) == 5  # no bad --set reached a federation

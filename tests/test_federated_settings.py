@@ -13,7 +13,7 @@ from dp_accounting import rdp
 
 from fedrec.server.federation import user_level_noise
 from fedrec.shared.federated.local import RDP_ORDERS, LocalConfig, PrivacyConfig
-from fedrec.shared.federated.settings import FederationSettings
+from fedrec.shared.federated.settings import FederationSettings, user_level_local
 from fedrec.shared.federated.user_level import UserPrivacyConfig, user_level_epsilon
 from fedrec.simulations.run import simulate
 
@@ -54,8 +54,9 @@ def test_movielens_without_dp_defaults_to_the_run_that_met_its_target() -> None:
     assert user == dataclasses.replace(dp, privacy=off, user_privacy=user_only, local=recency)
     both = FederationSettings.for_data("demo", user_privacy=user_only)
     assert both.privacy.enabled and both.local.trained == "users.recency"
-    chosen = both.with_run_config({"local-trained": "all"})
-    assert chosen.local.trained == "all" and chosen.user_privacy.enabled
+    chosen = LocalConfig(trained="items")  # parts given are kept
+    assert user_level_local(chosen) == chosen
+    assert user_level_local(LocalConfig()) == LocalConfig(trained="users.recency")
     given_back = {  # docs/federated.md: the DP defaults without DP
         "local-optimizer": "adam",
         "local-learning-rate": 0.01,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedrec.shared.federated.settings import FederationSettings
-from fedrec.simulations.audit import audit_runs
 from fedrec.simulations.study import study_runs
 
 
@@ -42,24 +41,3 @@ def test_each_run_keeps_the_base_privacy_knobs_it_does_not_set(tmp_path: Path) -
         settings = run.settings(base, tmp_path)
         assert settings.privacy.max_grad_norm == 0.5 and settings.privacy.accountant == "prv"
         assert settings.user_privacy.clipping_norm == 2.0
-
-
-def test_the_audit_trains_without_dp_and_at_each_level_alone(tmp_path: Path) -> None:
-    base = FederationSettings.for_data("demo", canaries=4).with_run_config(
-        {"dp-target-epsilon": 3.0, "user-dp-target-epsilon": 5.0}
-    )
-    runs = audit_runs(base, tmp_path)
-    assert list(runs) == ["no-dp", "dp", "user-dp"]
-    levels = {
-        name: (s.privacy.enabled, s.user_privacy.enabled, s.local.trained)
-        for name, s in runs.items()
-    }
-    assert levels == {
-        "no-dp": (False, False, "all"),
-        "dp": (True, False, "all"),
-        "user-dp": (False, True, "users.recency"),
-    }
-    assert runs["dp"].privacy.target_epsilon == 3.0
-    assert runs["user-dp"].user_privacy.target_epsilon == 5.0
-    assert {s.out for s in runs.values()} == {str(tmp_path / n) for n in runs}
-    assert {s.canaries for s in runs.values()} == {4}

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from fedrec.shared.federated.local import LocalConfig, PrivacyConfig
 from fedrec.shared.federated.schedule import SCHEDULES, Schedule
 from fedrec.shared.federated.user_level import UserPrivacyConfig
-from fedrec.shared.model.network import ModelConfig, Recommender, trained_names
+from fedrec.shared.model.network import ALL_PARTS, ModelConfig, Recommender, trained_names
 
 Strategy = Literal["fedavg", "fedadam"]
 BundleFormat = Literal["fp32", "int8"]
@@ -124,10 +124,7 @@ class FederationSettings:
         if not (record.enabled or user.enabled):
             defaults = {**defaults, **NO_DP_DEFAULTS.get(kind, {})}
         if user.enabled:
-            local = dataclasses.replace(
-                defaults.get("local", LocalConfig()), trained=USER_DP_TRAINED
-            )
-            defaults = {**defaults, "local": local}
+            defaults = {**defaults, "local": user_level_local(defaults.get("local", LocalConfig()))}
         return cls(**{**defaults, "data": data, **overrides})
 
     def to_run_config(self) -> dict[str, bool | int | float | str]:
@@ -210,11 +207,18 @@ NO_DP_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-#: What devices train under user-level DP unless told otherwise: the 20 recency weights. The
-#: server's noise on the average of m clipped updates has norm sigma C sqrt(d) / m over d
-#: trained parameters; with every part trained (d = 243,860) it buries any update, with these
-#: 20 it stays below their average (docs/privacy.md, "User-level: DP-FedAvg").
+#: What devices train under user-level DP unless told otherwise: the 20 recency weights, since
+#: the server's noise grows with the square root of the parameters sent (docs/privacy.md,
+#: "User-level: DP-FedAvg").
 USER_DP_TRAINED = "users.recency"
+
+
+def user_level_local(local: LocalConfig) -> LocalConfig:
+    """``local`` as user-level DP takes it: training ``USER_DP_TRAINED`` where ``local``
+    trains every part."""
+    if local.trained != ALL_PARTS:
+        return local
+    return dataclasses.replace(local, trained=USER_DP_TRAINED)
 
 
 def _key(name: str) -> str:
