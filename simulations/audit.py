@@ -37,16 +37,15 @@ def run_audit(base: FederationSettings, out: Path) -> dict[str, Any]:
     ``out/audit.json``; returns the latter's content."""
     if base.canaries < 1:
         raise ValueError("an audit needs canaries: set canaries >= 1")
+    world = load_world(base.data, base.devices)
+    canaries = make_canaries(world.split.num_items, base.devices, base.canaries, base.seed)
+    items = world.features.table[: world.split.num_items]
     results: dict[str, Any] = {}
     for name, settings in audit_runs(base, out).items():
         simulate(settings)
-        world = load_world(settings.data, settings.devices)
         network = Recommender(settings.model)
         load_checkpoint(Path(settings.out), network)
-        canaries = make_canaries(
-            world.split.num_items, settings.devices, settings.canaries, settings.seed
-        )
-        found = audit(network, world.features.table[: world.split.num_items], canaries)
+        found = audit(network, items, canaries)
         record, user = settings.privacy, settings.user_privacy
         entry = {
             **dataclasses.asdict(found),

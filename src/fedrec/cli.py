@@ -448,8 +448,8 @@ def _parser() -> argparse.ArgumentParser:
         help="plant canaries, train with and without DP, attack the published models",
         description="Plant canaries (made-up item habits) in some devices, train the same "
         "federation without DP, with record-level DP and with user-level DP, and measure how "
-        "well an attacker "
-        "who sees the published model tells planted canaries from controls (docs/privacy.md).",
+        "well an attacker who sees the published model tells planted canaries from controls "
+        "(docs/privacy.md).",
     )
     _federation_arguments(audit)
     audit.add_argument("--canaries", type=int, default=20, help="planted (and as many controls)")
