@@ -4,7 +4,8 @@ evaluation), publish a signed item bundle, checkpoint, report.
 
 It writes to the run folder ``settings.out``: ``metrics.jsonl`` (one line per round),
 ``summary.json``, ``checkpoint.npz`` (a restarted server resumes after the last round in it),
-``bundles/items-<round>.bundle`` and the signing key ``server.key``.
+``run-config.json`` (the settings it runs with; a resumed run must keep those outside
+``RESUMABLE_KEYS``), ``bundles/items-<round>.bundle`` and the signing key ``server.key``.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from fedrec.shared.bundle import (
     sign_bundle,
 )
 from fedrec.shared.evaluation.harness import EvaluationConfig, evaluate
-from fedrec.shared.federated.settings import FederationSettings
+from fedrec.shared.federated.settings import RESUMABLE_KEYS, FederationSettings, resume_conflicts
 from fedrec.shared.federated.user_level import plan_user_noise, user_level_epsilon
 from fedrec.shared.model.network import Recommender, split_state
 from fedrec.shared.quantization import quantize_int8
@@ -65,6 +66,7 @@ TRAINING = "training/"
 SERVER_ADAM = "server-adam/"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+RUN_CONFIG = "run-config.json"
 #: The epsilon each device last reported, by its partition id (for the privacy report).
 BUDGETS = "budgets.json"
 
@@ -134,6 +136,7 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
     """Run (or resume) the federation; returns what ``summary.json`` holds."""
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
+    _check_resumable(out, settings)
     ensure_secret(out)
     started = time.perf_counter()
     world = load_world(settings.data, settings.devices)
@@ -332,6 +335,21 @@ def _resume(out: Path, network: Recommender) -> tuple[int, ArrayRecord | None, M
     network.load_state_dict(state)
     logger.info("resuming after round %d from %s", done, path)
     return done, array_record(training) if training else None, moments
+
+
+def _check_resumable(out: Path, settings: FederationSettings) -> None:
+    """Record ``settings`` in the run folder; a ValueError, before anything runs, when they
+    change what the checkpoint's run started with outside ``RESUMABLE_KEYS``."""
+    path = out / RUN_CONFIG
+    if (out / CHECKPOINT).exists() and path.exists():
+        conflicts = resume_conflicts(json.loads(path.read_text(encoding="utf-8")), settings)
+        if conflicts:
+            raise ValueError(
+                f"{out} holds a run with other settings ({'; '.join(conflicts)}); a resumed "
+                f"run may change only {', '.join(sorted(RESUMABLE_KEYS))}: resume it with its "
+                "own settings, or start the new run in another folder"
+            )
+    _write_atomic(path, json.dumps(settings.to_run_config(), indent=1) + "\n")
 
 
 def _checked_moments(

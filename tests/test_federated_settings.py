@@ -117,6 +117,33 @@ def test_a_resumed_run_without_user_level_budget_fails_before_it_starts(tmp_path
     assert not (tmp_path / "summary.json").exists()
 
 
+def test_a_resumed_run_must_keep_what_fixes_its_training_and_accounting(tmp_path: Path) -> None:
+    """A run's folder keeps the settings it started with; resuming it with other ones outside
+    RESUMABLE_KEYS fails before anything runs, and names each change."""
+    settings = FederationSettings(devices=3, rounds=2, out=str(tmp_path))
+    (tmp_path / "run-config.json").write_text(json.dumps(settings.to_run_config()))
+    (tmp_path / "checkpoint.npz").write_bytes(b"round 2 of the run")
+    other = dataclasses.replace(
+        settings,
+        rounds=4,  # may change: the run goes on for longer
+        fraction_train=0.5,
+        user_privacy=UserPrivacyConfig(enabled=True, clipping_norm=1.0),
+        local=dataclasses.replace(settings.local, trained="items"),
+    )
+    changes = [
+        "fraction-train: 1.0 -> 0.5",
+        "local-trained: 'all' -> 'items'",
+        "user-dp-clipping-norm: 0.2 -> 1.0",
+        "user-dp-enabled: False -> True",
+    ]
+    with pytest.raises(ValueError, match="; ".join(changes).replace(".", r"\.")) as caught:
+        simulate(other)
+    assert "may change only" in str(caught.value) and "another folder" in str(caught.value)
+    assert (tmp_path / "checkpoint.npz").read_bytes() == b"round 2 of the run"
+    assert json.loads((tmp_path / "run-config.json").read_text()) == settings.to_run_config()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz", "run-config.json"]
+
+
 def test_a_finished_user_level_run_keeps_its_last_noise() -> None:
     settings = FederationSettings(
         devices=50, rounds=3, user_privacy=UserPrivacyConfig(enabled=True)

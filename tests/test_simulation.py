@@ -23,7 +23,14 @@ from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from fedrec.client.app import LEDGER_RECORD
 from fedrec.client.store import EncryptedStore
-from fedrec.server.federation import CHECKPOINT, SERVER_ADAM, _resume, make_strategy, server_adam
+from fedrec.server.federation import (
+    CHECKPOINT,
+    SERVER_ADAM,
+    _checked_moments,
+    _resume,
+    make_strategy,
+    server_adam,
+)
 from fedrec.server.privacy_report import PLOTS, privacy_report
 from fedrec.server.strategy import seeded_sample
 from fedrec.shared.bundle import load_private_key, verify_bundle
@@ -500,5 +507,7 @@ def test_fedadam_steps_the_global_model_in_every_round(tmp_path: Path) -> None:
     assert server_adam(make_strategy(dataclasses.replace(settings, strategy="fedavg"))) is None
     # resumed with other trained parts, the moments do not fit: an error that says so
     fewer = dataclasses.replace(settings.local, trained="items")
-    with pytest.raises(ValueError, match="server Adam moments"):
+    with pytest.raises(ValueError, match=f"local-trained: '{TRAINED}' -> 'items'"):
         simulation_run.simulate(dataclasses.replace(settings, rounds=4, local=fewer))
+    with pytest.raises(ValueError, match="server Adam moments"):
+        _checked_moments(moments, set(trained_names(Recommender(settings.model), "items")))

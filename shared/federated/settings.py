@@ -221,6 +221,37 @@ def user_level_local(local: LocalConfig) -> LocalConfig:
     return dataclasses.replace(local, trained=USER_DP_TRAINED)
 
 
+#: Run-config keys a resumed run may change: how long it runs and to what budget, what it
+#: evaluates and publishes, how it screens updates, where its folder is. Every other key fixes
+#: what the run trains, on which devices, and how its privacy is accounted (user-level epsilon
+#: assumes one sampling rate and clipping norm in every round).
+RESUMABLE_KEYS = frozenset(
+    {
+        "rounds",
+        "out",
+        "fraction-evaluate",
+        "participation-margin",
+        "max-update-norm",
+        "min-update-share",
+        "bundle-every",
+        "bundle-format",
+        "dp-target-epsilon",
+        "user-dp-target-epsilon",
+    }
+)
+
+
+def resume_conflicts(started: Mapping[str, Any], settings: FederationSettings) -> list[str]:
+    """What ``settings`` changes, outside ``RESUMABLE_KEYS``, in the run config a run
+    ``started`` with: one ``'key: before -> now'`` per key."""
+    now = settings.to_run_config()
+    return [
+        f"{key}: {started.get(key)!r} -> {now.get(key)!r}"
+        for key in sorted(set(started) | set(now))
+        if key not in RESUMABLE_KEYS and started.get(key) != now.get(key)
+    ]
+
+
 def _key(name: str) -> str:
     return name.replace("_", "-")
 
