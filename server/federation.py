@@ -48,8 +48,17 @@ from fedrec.shared.bundle import (
     sign_bundle,
 )
 from fedrec.shared.evaluation.harness import EvaluationConfig, evaluate
-from fedrec.shared.federated.settings import RESUMABLE_KEYS, FederationSettings, resume_conflicts
-from fedrec.shared.federated.user_level import plan_user_noise, user_level_epsilon
+from fedrec.shared.federated.settings import (
+    RESUMABLE_KEYS,
+    USER_DP_TRAINED,
+    FederationSettings,
+    resume_conflicts,
+)
+from fedrec.shared.federated.user_level import (
+    plan_user_noise,
+    user_level_epsilon,
+    user_noise_norm,
+)
 from fedrec.shared.model.network import Recommender, split_state
 from fedrec.shared.quantization import quantize_int8
 from fedrec.simulations.keys import ensure_secret
@@ -136,7 +145,8 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
     """Run (or resume) the federation; returns what ``summary.json`` holds."""
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_resumable(out, settings)
+    check_resumable(out, settings)
+    _write_atomic(out / RUN_CONFIG, json.dumps(settings.to_run_config(), indent=1) + "\n")
     ensure_secret(out)
     started = time.perf_counter()
     world = load_world(settings.data, settings.devices)
@@ -152,6 +162,8 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
     noise = user_level_noise(settings, user_noises)
     published, frozen = (ArrayRecord(s) for s in split_state(network, settings.local.trained))
     arrays = published if training is None else _trained_part(training, published)
+    if noise is not None:
+        _log_user_noise(noise, sum(a.size for a in record_arrays(published).values()), settings)
     validated = ValidatedStrategy(
         make_strategy(settings, noise), settings.max_update_norm, settings.min_update_share
     )
@@ -337,19 +349,19 @@ def _resume(out: Path, network: Recommender) -> tuple[int, ArrayRecord | None, M
     return done, array_record(training) if training else None, moments
 
 
-def _check_resumable(out: Path, settings: FederationSettings) -> None:
-    """Record ``settings`` in the run folder; a ValueError, before anything runs, when they
-    change what the checkpoint's run started with outside ``RESUMABLE_KEYS``."""
+def check_resumable(out: Path, settings: FederationSettings) -> None:
+    """A ValueError when the run in ``out`` has a checkpoint and ``settings`` change what it
+    started with outside ``RESUMABLE_KEYS``."""
     path = out / RUN_CONFIG
-    if (out / CHECKPOINT).exists() and path.exists():
-        conflicts = resume_conflicts(json.loads(path.read_text(encoding="utf-8")), settings)
-        if conflicts:
-            raise ValueError(
-                f"{out} holds a run with other settings ({'; '.join(conflicts)}); a resumed "
-                f"run may change only {', '.join(sorted(RESUMABLE_KEYS))}: resume it with its "
-                "own settings, or start the new run in another folder"
-            )
-    _write_atomic(path, json.dumps(settings.to_run_config(), indent=1) + "\n")
+    if not ((out / CHECKPOINT).exists() and path.exists()):
+        return
+    conflicts = resume_conflicts(json.loads(path.read_text(encoding="utf-8")), settings)
+    if conflicts:
+        raise ValueError(
+            f"{out} holds a run with other settings ({'; '.join(conflicts)}); a resumed run may "
+            f"change only {', '.join(sorted(RESUMABLE_KEYS))}: resume it with its own "
+            "settings, or start the new run in another folder"
+        )
 
 
 def _checked_moments(
@@ -454,6 +466,28 @@ def user_level_noise(settings: FederationSettings, spent: list[float]) -> float 
         settings.sampled_devices,
         settings.rounds - len(spent),
         tuple(spent),
+    )
+
+
+def _log_user_noise(noise: float, parameters: int, settings: FederationSettings) -> None:
+    """Say how loud user-level DP's noise is on each round's average; warn when it outweighs
+    any update (``user_noise_norm`` above 1)."""
+    norm = user_noise_norm(noise, parameters, settings.sampled_devices)
+    message = (
+        "user-level DP: noise multiplier %.3f over %d trained parameters from %d devices a "
+        "round: noise of about %.2f clipping norms on each round's average"
+    )
+    if norm <= 1:
+        logger.info(message, noise, parameters, settings.sampled_devices, norm)
+        return
+    logger.warning(
+        message + ", more than any update can move it; train fewer parts (local-trained = %r, "
+        "docs/privacy.md) or sample more devices a round",
+        noise,
+        parameters,
+        settings.sampled_devices,
+        norm,
+        USER_DP_TRAINED,
     )
 
 

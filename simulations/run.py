@@ -17,7 +17,12 @@ from flwr.simulation import run_simulation
 
 from fedrec.client.app import make_client_app
 from fedrec.server.app import make_server_app
-from fedrec.server.federation import SUMMARY, recorded_user_noises, user_level_noise
+from fedrec.server.federation import (
+    SUMMARY,
+    check_resumable,
+    recorded_user_noises,
+    user_level_noise,
+)
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.simulations.world import load_world
 
@@ -69,8 +74,9 @@ def _run_beside_devices(run: Callable[[], None]) -> None:
 
 def simulate(settings: FederationSettings, cpus_per_device: int = 1) -> dict[str, Any]:
     """Run the federation ``settings`` describes (resuming from its checkpoint, if any)."""
-    load_world(settings.data, settings.devices)  # fail early on bad data, warm the caches
-    # fail early when a resumed run has no user-level budget left
+    check_resumable(Path(settings.out), settings)  # fail early on a resume with other settings
+    load_world(settings.data, settings.devices)  # and on bad data; warm the caches
+    # and when a resumed run has no user-level budget left
     user_level_noise(settings, recorded_user_noises(Path(settings.out)))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     _run_beside_devices(

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from pathlib import Path
 
 import dp_accounting
+import numpy as np
 import pytest
 from dp_accounting import rdp
+from flwr.app import Array, ArrayRecord
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
-from fedrec.server.federation import user_level_noise
+from fedrec.server.federation import _log_user_noise, make_strategy, user_level_noise
 from fedrec.shared.federated.local import RDP_ORDERS, LocalConfig, PrivacyConfig
 from fedrec.shared.federated.settings import FederationSettings, user_level_local
-from fedrec.shared.federated.user_level import UserPrivacyConfig, user_level_epsilon
+from fedrec.shared.federated.user_level import (
+    UserPrivacyConfig,
+    user_level_epsilon,
+    user_noise_norm,
+)
 from fedrec.simulations.run import simulate
 
 
@@ -150,6 +158,28 @@ def test_a_finished_user_level_run_keeps_its_last_noise() -> None:
     )
     assert user_level_noise(settings, [2.5, 2.5, 2.0]) == 2.0  # resuming it costs no search
     assert user_level_noise(settings, [2.5, 2.5]) != 2.5
+
+
+def test_user_noise_norm_is_the_norm_of_the_noise_flowers_wrapper_adds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    user = UserPrivacyConfig(enabled=True, clipping_norm=0.5)
+    settings = FederationSettings(devices=40, fraction_train=0.25, user_privacy=user)
+    strategy = make_strategy(settings, user_noise=2.0)
+    assert isinstance(strategy, DifferentialPrivacyServerSideFixedClipping)
+    zeros = ArrayRecord({"w": Array(np.zeros(10_000, dtype=np.float32))})
+    noised = strategy._add_noise_to_aggregated_arrays(zeros)  # the server's noise, alone
+    norm = float(np.linalg.norm(noised["w"].numpy())) / user.clipping_norm
+    assert user_noise_norm(2.0, 10_000, settings.sampled_devices) == 20.0
+    assert norm == pytest.approx(20.0, rel=0.03)
+    # the server says how loud the noise is, and warns when it outweighs any update
+    with caplog.at_level(logging.INFO, logger="fedrec.server.federation"):
+        _log_user_noise(2.0, 20, settings)
+        _log_user_noise(2.0, 10_000, settings)
+    quiet, loud = [r for r in caplog.records if r.name == "fedrec.server.federation"]
+    assert quiet.levelno == logging.INFO and "about 0.89 clipping norms" in quiet.getMessage()
+    assert loud.levelno == logging.WARNING and "about 20.00 clipping norms" in loud.getMessage()
+    assert "local-trained = 'users.recency'" in loud.getMessage()
 
 
 def test_user_level_epsilon_composes_equal_rounds_as_one_by_one() -> None:

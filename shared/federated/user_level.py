@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -62,6 +63,13 @@ def user_level_epsilon(
             event = dp_accounting.SampledWithoutReplacementDpEvent(population, sampled, event)
         accountant.compose(event, count=len(list(same)))
     return float(accountant.get_epsilon(delta))
+
+
+def user_noise_norm(noise_multiplier: float, parameters: int, sampled: int) -> float:
+    """The expected norm of the server's noise on a round's average over ``parameters``
+    trained parameters, in clipping norms: ``sigma sqrt(d) / m``. An averaged update is at
+    most one clipping norm long, so above 1 the noise outweighs any update."""
+    return noise_multiplier * math.sqrt(parameters) / sampled
 
 
 @functools.lru_cache(maxsize=16)
