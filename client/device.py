@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 import unicodedata
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ from fedrec.client.store import (
 from fedrec.shared.bundle import ItemBundle, accept_bundle, verify_bundle
 from fedrec.shared.data.table import MAX_TEXT_CHARS
 from fedrec.shared.encoder.model import TextEncoder
+from fedrec.shared.files import write_atomic
 from fedrec.shared.model.network import ITEM_EVENT, TEXT_EVENT, Recommender, UserState
 from fedrec.shared.ranking import ItemIndex
 
@@ -123,7 +123,7 @@ class Device:
         folder = Path(folder)
         bundle = verify_bundle(bundle_blob, public_key)
         store = EncryptedStore(folder, key, create=True)
-        _write_atomic(folder / BUNDLE_FILE, bundle_blob)
+        write_atomic(folder / BUNDLE_FILE, bundle_blob)
         return cls(folder, store, model, public_key, bundle)
 
     @classmethod
@@ -304,7 +304,7 @@ class Device:
             raise DeviceInputError(
                 f"the new bundle lacks items in this device's history: {missing[:5]}"
             )
-        _write_atomic(self._folder / BUNDLE_FILE, blob)
+        write_atomic(self._folder / BUNDLE_FILE, blob)
         self._use_bundle(bundle)
         self._state = self._replay(self._model.network.users.start(), 0)
         self._save_state()
@@ -456,12 +456,3 @@ def _state_from_array(saved: npt.NDArray[Any], network: Recommender) -> UserStat
         values[(2 + w) * h : -1].reshape(1, w, d),
         values[-1:],
     )
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    tmp.replace(path)

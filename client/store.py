@@ -26,7 +26,6 @@ import json
 import os
 import re
 import struct
-import tempfile
 import threading
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -41,6 +40,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from fedrec.shared.files import fsync_dir, write_atomic
 
 KEY_BYTES = 32
 FORMAT_VERSION = 1
@@ -125,7 +126,7 @@ def forget_store(path: str | os.PathLike[str]) -> None:
         return
     for file in [directory / STORE_FILE, directory / JOURNAL_FILE, *_temp_files(directory)]:
         file.unlink(missing_ok=True)
-    _fsync_dir(directory)
+    fsync_dir(directory)
     with contextlib.suppress(OSError):
         directory.rmdir()
 
@@ -452,13 +453,13 @@ class EncryptedStore:
         prefix = header.encode()
         nonce = os.urandom(_NONCE_BYTES)
         sealed = self._aead.encrypt(nonce, _encode_store(records, logs), prefix)
-        _write_atomic(self._file, prefix + nonce + sealed)
+        write_atomic(self._file, prefix + nonce + sealed, _TMP_PREFIX, _TMP_SUFFIX)
         self._header, self._records = header, records
         self._logs = {name: list(values) for name, values in logs.items()}
         self._fingerprint = _fingerprint(self._file)
         if self._journal_size:
             self._journal.unlink(missing_ok=True)
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
         self._frames = self._journal_size = 0
 
     def _append_frame(self, logs: dict[str, list[bytes]]) -> None:
@@ -482,7 +483,7 @@ class EncryptedStore:
         finally:
             os.close(fd)
         if not self._journal_size:
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
         self._frames += 1
         self._journal_size += len(data)
 
@@ -661,29 +662,3 @@ def _decode_value(plain: bytes, offset: int) -> tuple[bytes, int]:
 
 def _temp_files(directory: Path) -> list[Path]:
     return list(directory.glob(f"{_TMP_PREFIX}*{_TMP_SUFFIX}"))
-
-
-def _write_atomic(file: Path, data: bytes) -> None:
-    """Write to a temp file beside ``file``, fsync it, rename it over ``file``, fsync the dir."""
-    fd, temp = tempfile.mkstemp(dir=file.parent, prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, file)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(file.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename or unlink in ``directory`` durable (not possible on Windows)."""
-    if os.name == "nt":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

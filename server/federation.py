@@ -3,9 +3,9 @@ global model on held-out interactions (with the harness, and on devices through 
 evaluation), publish a signed item bundle, checkpoint, report.
 
 It writes to the run folder ``settings.out``: ``metrics.jsonl`` (one line per round),
-``summary.json``, ``checkpoint.npz`` (a restarted server resumes after the last round in it),
-``run-config.json`` (the settings it runs with; a resumed run must keep those outside
-``RESUMABLE_KEYS``), ``bundles/items-<round>.bundle`` and the signing key ``server.key``.
+``summary.json``, ``checkpoint.npz`` and ``run-config.json`` (a restarted server resumes after
+the last round in it: ``fedrec.server.checkpoint``), ``bundles/items-<round>.bundle`` and the
+signing key ``server.key``.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -31,6 +29,14 @@ from flwr.serverapp.strategy import (
 )
 
 from fedrec.server.averaging import average_weight, moving_average
+from fedrec.server.checkpoint import (
+    check_resumable,
+    checked_moments,
+    record_settings,
+    resume,
+    save_checkpoint,
+    trained_part,
+)
 from fedrec.server.strategy import (
     BudgetStrategy,
     FrozenPartsStrategy,
@@ -48,17 +54,13 @@ from fedrec.shared.bundle import (
     sign_bundle,
 )
 from fedrec.shared.evaluation.harness import EvaluationConfig, evaluate
-from fedrec.shared.federated.settings import (
-    RESUMABLE_KEYS,
-    USER_DP_TRAINED,
-    FederationSettings,
-    resume_conflicts,
-)
+from fedrec.shared.federated.settings import USER_DP_TRAINED, FederationSettings
 from fedrec.shared.federated.user_level import (
     plan_user_noise,
     user_level_epsilon,
     user_noise_norm,
 )
+from fedrec.shared.files import write_atomic
 from fedrec.shared.model.network import Recommender, split_state
 from fedrec.shared.quantization import quantize_int8
 from fedrec.simulations.keys import ensure_secret
@@ -66,16 +68,8 @@ from fedrec.simulations.world import World, load_world
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.npz"
-#: The prefix of the weights devices train from in a checkpoint, where they differ from the
-#: published ones (under a moving average).
-TRAINING = "training/"
-#: The prefix of the server's Adam moments in a checkpoint (``strategy = "fedadam"``), so that
-#: a restarted server steps on from them: ``server-adam/m/NAME`` and ``server-adam/v/NAME``.
-SERVER_ADAM = "server-adam/"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
-RUN_CONFIG = "run-config.json"
 #: The epsilon each device last reported, by its partition id (for the privacy report).
 BUDGETS = "budgets.json"
 
@@ -146,13 +140,13 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     check_resumable(out, settings)
-    _write_atomic(out / RUN_CONFIG, json.dumps(settings.to_run_config(), indent=1) + "\n")
+    record_settings(out, settings)
     ensure_secret(out)
     started = time.perf_counter()
     world = load_world(settings.data, settings.devices)
     torch.manual_seed(settings.seed)
     network = Recommender(settings.model)
-    done, training, moments = _resume(out, network)
+    done, training, moments = resume(out, network)
     first = done + 1
     if first == 1:
         (out / METRICS).unlink(missing_ok=True)
@@ -161,7 +155,7 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
     user_noises = recorded_user_noises(out)
     noise = user_level_noise(settings, user_noises)
     published, frozen = (ArrayRecord(s) for s in split_state(network, settings.local.trained))
-    arrays = published if training is None else _trained_part(training, published)
+    arrays = published if training is None else trained_part(training, published)
     if noise is not None:
         _log_user_noise(noise, sum(a.size for a in record_arrays(published).values()), settings)
     validated = ValidatedStrategy(
@@ -169,7 +163,7 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
     )
     adam = server_adam(validated)
     if adam is not None and moments:
-        adam.m_t, adam.v_t = _checked_moments(moments, set(published))
+        adam.m_t, adam.v_t = checked_moments(moments, set(published))
     sampled = SeededSamplingStrategy(validated, settings.seed, query_partitions)
     strategy = BudgetStrategy(FrozenPartsStrategy(sampled, frozen))
     key = _signing_key(out)
@@ -231,8 +225,8 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
             if isinstance(epsilon, int | float) and epsilon >= 0:
                 owner = device if isinstance(device, int) else reply.metadata.src_node_id
                 spent[str(owner)] = float(epsilon)
-        _write_atomic(out / BUDGETS, json.dumps(spent, indent=1) + "\n")
-        _save_checkpoint(
+        write_atomic(out / BUDGETS, (json.dumps(spent, indent=1) + "\n").encode("utf-8"))
+        save_checkpoint(
             out, network, arrays if settings.average_decay else None, adam, server_round
         )
         with (out / METRICS).open("a", encoding="utf-8") as handle:
@@ -296,7 +290,7 @@ def _publish(
     )
     folder = out / "bundles"
     folder.mkdir(exist_ok=True)
-    (folder / f"items-{server_round}.bundle").write_bytes(sign_bundle(bundle, key))
+    write_atomic(folder / f"items-{server_round}.bundle", sign_bundle(bundle, key))
 
 
 def _signing_key(out: Path) -> Any:
@@ -304,12 +298,6 @@ def _signing_key(out: Path) -> Any:
     if not path.exists():
         save_private_key(generate_signing_key(), path)
     return load_private_key(path)
-
-
-def load_checkpoint(out: Path, network: Recommender) -> int:
-    """Load the run's published weights (the global model, or its moving average) from its
-    checkpoint into ``network``; the last round it holds (0 without one)."""
-    return _resume(out, network)[0]
 
 
 def server_adam(strategy: Strategy) -> FedAdam | None:
@@ -323,104 +311,12 @@ def server_adam(strategy: Strategy) -> FedAdam | None:
     return strategy
 
 
-Moments = dict[str, dict[str, npt.NDArray[np.generic]]]
-
-
-def _resume(out: Path, network: Recommender) -> tuple[int, ArrayRecord | None, Moments]:
-    """The checkpoint's last round (0 without one), with its published weights loaded into
-    ``network``; the weights devices train from when they differ (``training/`` keys: under a
-    moving average), else None; and the server's Adam moments by kind (``m``, ``v``; empty
-    without FedAdam)."""
-    path = out / CHECKPOINT
-    if not path.exists():
-        return 0, None, {}
-    with np.load(path) as saved:
-        arrays = {k: saved[k] for k in saved.files if k != "__round__"}
-        done = int(saved["__round__"])
-    training = {k.removeprefix(TRAINING): v for k, v in arrays.items() if k.startswith(TRAINING)}
-    moments: Moments = {}
-    for key, value in arrays.items():
-        if key.startswith(SERVER_ADAM):
-            kind, _, name = key.removeprefix(SERVER_ADAM).partition("/")
-            moments.setdefault(kind, {})[name] = value
-    state = {k: torch.from_numpy(v) for k, v in arrays.items() if "/" not in k}
-    network.load_state_dict(state)
-    logger.info("resuming after round %d from %s", done, path)
-    return done, array_record(training) if training else None, moments
-
-
-def check_resumable(out: Path, settings: FederationSettings) -> None:
-    """A ValueError when the run in ``out`` has a checkpoint and ``settings`` change what it
-    started with outside ``RESUMABLE_KEYS``."""
-    path = out / RUN_CONFIG
-    if not ((out / CHECKPOINT).exists() and path.exists()):
-        return
-    conflicts = resume_conflicts(json.loads(path.read_text(encoding="utf-8")), settings)
-    if conflicts:
-        raise ValueError(
-            f"{out} holds a run with other settings ({'; '.join(conflicts)}); a resumed run may "
-            f"change only {', '.join(sorted(RESUMABLE_KEYS))}: resume it with its own "
-            "settings, or start the new run in another folder"
-        )
-
-
-def _checked_moments(
-    moments: Moments, names: set[str]
-) -> tuple[dict[str, npt.NDArray[np.generic]], dict[str, npt.NDArray[np.generic]]]:
-    """The checkpoint's Adam moments (``m``, ``v``), which must be of the parts this run
-    trains."""
-    if set(moments) != {"m", "v"} or any(set(m) != names for m in moments.values()):
-        found = {kind: sorted(m) for kind, m in moments.items()}
-        raise ValueError(
-            f"the checkpoint's server Adam moments are for {found}, "
-            f"but this run trains {sorted(names)}"
-        )
-    return moments["m"], moments["v"]
-
-
-def _trained_part(training: ArrayRecord, published: ArrayRecord) -> ArrayRecord:
-    """The checkpoint's training weights, which must be the published ones' parts."""
-    if set(training) != set(published):
-        raise ValueError(
-            f"the checkpoint trains {sorted(training)} but this run trains {sorted(published)}"
-        )
-    return training
-
-
 def _load_budgets(out: Path) -> dict[str, float]:
     path = out / BUDGETS
     if not path.exists():
         return {}
     saved: dict[str, float] = json.loads(path.read_text(encoding="utf-8"))
     return saved
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text, encoding="utf-8")
-    temp.replace(path)
-
-
-def _save_checkpoint(
-    out: Path,
-    network: Recommender,
-    training: ArrayRecord | None,
-    adam: FedAdam | None,
-    server_round: int,
-) -> None:
-    """The published weights (``network``), the weights devices train from when they differ
-    (``training``, under ``training/`` keys), and the server's Adam moments once it has
-    stepped (under ``server-adam/``)."""
-    arrays = {k: v.detach().numpy() for k, v in network.state_dict().items()}
-    if training is not None:
-        arrays.update({TRAINING + k: v for k, v in record_arrays(training).items()})
-    if adam is not None and adam.m_t and adam.v_t:
-        for kind, moment in (("m", adam.m_t), ("v", adam.v_t)):
-            arrays.update({f"{SERVER_ADAM}{kind}/{k}": v for k, v in moment.items()})
-    temp = out / f".{CHECKPOINT}.tmp"
-    with temp.open("wb") as handle:
-        np.savez(handle, __round__=np.array(server_round), **arrays)
-    temp.replace(out / CHECKPOINT)
 
 
 def _scalars(record: MetricRecord | None) -> dict[str, float] | None:

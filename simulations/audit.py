@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fedrec.server.federation import load_checkpoint
+from fedrec.server.checkpoint import load_checkpoint
 from fedrec.server.privacy_report import AUDIT, privacy_report
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.model.network import Recommender

@@ -17,12 +17,8 @@ from flwr.simulation import run_simulation
 
 from fedrec.client.app import make_client_app
 from fedrec.server.app import make_server_app
-from fedrec.server.federation import (
-    SUMMARY,
-    check_resumable,
-    recorded_user_noises,
-    user_level_noise,
-)
+from fedrec.server.checkpoint import check_resumable
+from fedrec.server.federation import SUMMARY, recorded_user_noises, user_level_noise
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.simulations.world import load_world
 

@@ -23,14 +23,8 @@ from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from fedrec.client.app import LEDGER_RECORD
 from fedrec.client.store import EncryptedStore
-from fedrec.server.federation import (
-    CHECKPOINT,
-    SERVER_ADAM,
-    _checked_moments,
-    _resume,
-    make_strategy,
-    server_adam,
-)
+from fedrec.server.checkpoint import CHECKPOINT, SERVER_ADAM, checked_moments, resume
+from fedrec.server.federation import make_strategy, server_adam
 from fedrec.server.privacy_report import PLOTS, privacy_report
 from fedrec.server.strategy import seeded_sample
 from fedrec.shared.bundle import load_private_key, verify_bundle
@@ -499,7 +493,7 @@ def test_fedadam_steps_the_global_model_in_every_round(tmp_path: Path) -> None:
     adam = server_adam(make_strategy(settings))
     assert adam is not None
     resumed = Recommender(settings.model)
-    done, _, moments = _resume(tmp_path, resumed)
+    done, _, moments = resume(tmp_path, resumed)
     assert done == 3 and set(moments) == {"m", "v"}
     for name in trained:
         assert np.array_equal(moments["m"][name], saved[f"{SERVER_ADAM}m/{name}"])
@@ -510,4 +504,4 @@ def test_fedadam_steps_the_global_model_in_every_round(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=f"local-trained: '{TRAINED}' -> 'items'"):
         simulation_run.simulate(dataclasses.replace(settings, rounds=4, local=fewer))
     with pytest.raises(ValueError, match="server Adam moments"):
-        _checked_moments(moments, set(trained_names(Recommender(settings.model), "items")))
+        checked_moments(moments, set(trained_names(Recommender(settings.model), "items")))

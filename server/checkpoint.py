@@ -1,0 +1,129 @@
+"""A run folder's checkpoint: the weights, the server's Adam moments and the round they are
+from (``checkpoint.npz``), and the settings the run goes on with (``run-config.json``), which a
+resumed run must keep outside ``RESUMABLE_KEYS``."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from flwr.app import ArrayRecord
+from flwr.serverapp.strategy import FedAdam
+
+from fedrec.server.strategy import array_record, record_arrays
+from fedrec.shared.federated.settings import RESUMABLE_KEYS, FederationSettings, resume_conflicts
+from fedrec.shared.files import write_atomic
+from fedrec.shared.model.network import Recommender
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.npz"
+#: The prefix of the weights devices train from in a checkpoint, where they differ from the
+#: published ones (under a moving average).
+TRAINING = "training/"
+#: The prefix of the server's Adam moments in a checkpoint (``strategy = "fedadam"``), so that
+#: a restarted server steps on from them: ``server-adam/m/NAME`` and ``server-adam/v/NAME``.
+SERVER_ADAM = "server-adam/"
+RUN_CONFIG = "run-config.json"
+
+
+def record_settings(out: Path, settings: FederationSettings) -> None:
+    """Keep ``settings`` in the run folder, for ``check_resumable`` when the run resumes."""
+    text = json.dumps(settings.to_run_config(), indent=1) + "\n"
+    write_atomic(out / RUN_CONFIG, text.encode("utf-8"))
+
+
+def load_checkpoint(out: Path, network: Recommender) -> int:
+    """Load the run's published weights (the global model, or its moving average) from its
+    checkpoint into ``network``; the last round it holds (0 without one)."""
+    return resume(out, network)[0]
+
+
+Moments = dict[str, dict[str, npt.NDArray[np.generic]]]
+
+
+def resume(out: Path, network: Recommender) -> tuple[int, ArrayRecord | None, Moments]:
+    """The checkpoint's last round (0 without one), with its published weights loaded into
+    ``network``; the weights devices train from when they differ (``training/`` keys: under a
+    moving average), else None; and the server's Adam moments by kind (``m``, ``v``; empty
+    without FedAdam)."""
+    path = out / CHECKPOINT
+    if not path.exists():
+        return 0, None, {}
+    with np.load(path) as saved:
+        arrays = {k: saved[k] for k in saved.files if k != "__round__"}
+        done = int(saved["__round__"])
+    training = {k.removeprefix(TRAINING): v for k, v in arrays.items() if k.startswith(TRAINING)}
+    moments: Moments = {}
+    for key, value in arrays.items():
+        if key.startswith(SERVER_ADAM):
+            kind, _, name = key.removeprefix(SERVER_ADAM).partition("/")
+            moments.setdefault(kind, {})[name] = value
+    state = {k: torch.from_numpy(v) for k, v in arrays.items() if "/" not in k}
+    network.load_state_dict(state)
+    logger.info("resuming after round %d from %s", done, path)
+    return done, array_record(training) if training else None, moments
+
+
+def check_resumable(out: Path, settings: FederationSettings) -> None:
+    """A ValueError when the run in ``out`` has a checkpoint and ``settings`` change what it
+    started with outside ``RESUMABLE_KEYS``."""
+    path = out / RUN_CONFIG
+    if not ((out / CHECKPOINT).exists() and path.exists()):
+        return
+    conflicts = resume_conflicts(json.loads(path.read_text(encoding="utf-8")), settings)
+    if conflicts:
+        raise ValueError(
+            f"{out} holds a run with other settings ({'; '.join(conflicts)}); a resumed run may "
+            f"change only {', '.join(sorted(RESUMABLE_KEYS))}: resume it with its own "
+            "settings, or start the new run in another folder"
+        )
+
+
+def checked_moments(
+    moments: Moments, names: set[str]
+) -> tuple[dict[str, npt.NDArray[np.generic]], dict[str, npt.NDArray[np.generic]]]:
+    """The checkpoint's Adam moments (``m``, ``v``), which must be of the parts this run
+    trains."""
+    if set(moments) != {"m", "v"} or any(set(m) != names for m in moments.values()):
+        found = {kind: sorted(m) for kind, m in moments.items()}
+        raise ValueError(
+            f"the checkpoint's server Adam moments are for {found}, "
+            f"but this run trains {sorted(names)}"
+        )
+    return moments["m"], moments["v"]
+
+
+def trained_part(training: ArrayRecord, published: ArrayRecord) -> ArrayRecord:
+    """The checkpoint's training weights, which must be the published ones' parts."""
+    if set(training) != set(published):
+        raise ValueError(
+            f"the checkpoint trains {sorted(training)} but this run trains {sorted(published)}"
+        )
+    return training
+
+
+def save_checkpoint(
+    out: Path,
+    network: Recommender,
+    training: ArrayRecord | None,
+    adam: FedAdam | None,
+    server_round: int,
+) -> None:
+    """The published weights (``network``), the weights devices train from when they differ
+    (``training``, under ``training/`` keys), and the server's Adam moments once it has
+    stepped (under ``server-adam/``)."""
+    arrays = {k: v.detach().numpy() for k, v in network.state_dict().items()}
+    if training is not None:
+        arrays.update({TRAINING + k: v for k, v in record_arrays(training).items()})
+    if adam is not None and adam.m_t and adam.v_t:
+        for kind, moment in (("m", adam.m_t), ("v", adam.v_t)):
+            arrays.update({f"{SERVER_ADAM}{kind}/{k}": v for k, v in moment.items()})
+    buffer = io.BytesIO()
+    np.savez(buffer, __round__=np.array(server_round), **arrays)
+    write_atomic(out / CHECKPOINT, buffer.getvalue())
