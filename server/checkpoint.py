@@ -17,7 +17,7 @@ from flwr.serverapp.strategy import FedAdam
 
 from fedrec.server.strategy import array_record, record_arrays
 from fedrec.shared.federated.settings import RESUMABLE_KEYS, FederationSettings, resume_conflicts
-from fedrec.shared.files import write_atomic
+from fedrec.shared.files import read_json, write_atomic
 from fedrec.shared.model.network import Recommender
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def check_resumable(out: Path, settings: FederationSettings) -> None:
     path = out / RUN_CONFIG
     if not ((out / CHECKPOINT).exists() and path.exists()):
         return
-    conflicts = resume_conflicts(json.loads(path.read_text(encoding="utf-8")), settings)
+    conflicts = resume_conflicts(read_json(path), settings)
     if conflicts:
         raise ValueError(
             f"{out} holds a run with other settings ({'; '.join(conflicts)}); a resumed run may "

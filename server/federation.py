@@ -14,7 +14,7 @@ import json
 import logging
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,7 @@ from fedrec.shared.federated.user_level import (
     user_level_epsilon,
     user_noise_norm,
 )
-from fedrec.shared.files import write_atomic
+from fedrec.shared.files import read_json, read_json_lines, write_atomic
 from fedrec.shared.model.network import Recommender, split_state
 from fedrec.shared.quantization import quantize_int8
 from fedrec.simulations.keys import ensure_secret
@@ -95,6 +95,10 @@ class RoundReport:
     user_epsilon: float | None
     bytes_up: int
     bytes_down: int
+
+
+#: The fields of every line of ``metrics.jsonl``.
+ROUND_FIELDS = tuple(field.name for field in fields(RoundReport))
 
 
 def make_strategy(settings: FederationSettings, user_noise: float | None = None) -> Strategy:
@@ -315,7 +319,7 @@ def _load_budgets(out: Path) -> dict[str, float]:
     path = out / BUDGETS
     if not path.exists():
         return {}
-    saved: dict[str, float] = json.loads(path.read_text(encoding="utf-8"))
+    saved: dict[str, float] = read_json(path)
     return saved
 
 
@@ -394,13 +398,17 @@ def _user_epsilon(settings: FederationSettings, noises: list[float]) -> float:
     )
 
 
+def read_metrics(out: Path) -> list[dict[str, Any]]:
+    """The rounds of the run folder's ``metrics.jsonl`` (none without one), each with every
+    field of ``RoundReport``; a ValueError naming the line that is not."""
+    path = out / METRICS
+    return read_json_lines(path, ROUND_FIELDS) if path.exists() else []
+
+
 def recorded_user_noises(out: Path) -> list[float]:
     """The user-level noise multiplier of every round in the run folder's ``metrics.jsonl``."""
-    path = out / METRICS
-    if not path.exists():
-        return []
-    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-    return [line["user_noise"] for line in lines if line.get("user_noise") is not None]
+    lines = read_metrics(out)
+    return [line["user_noise"] for line in lines if line["user_noise"] is not None]
 
 
 def _epsilons(replies: list[Message]) -> dict[str, float] | None:

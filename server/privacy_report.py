@@ -25,8 +25,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from fedrec.server.federation import BUDGETS, METRICS, SUMMARY
+from fedrec.server.federation import BUDGETS, METRICS, SUMMARY, read_metrics
 from fedrec.shared.federated.settings import FederationSettings
+from fedrec.shared.files import read_json
 
 #: An audit's figures in a run folder (``fedrec.simulations.audit`` writes them).
 AUDIT = "audit.json"
@@ -56,15 +57,17 @@ def read_run(folder: Path) -> RunPrivacy:
     missing = [name for name in (SUMMARY, METRICS) if not (folder / name).exists()]
     if missing:
         raise ValueError(f"{folder} is not a finished fedrec run: it has no {missing}")
-    summary = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
+    summary = read_json(folder / SUMMARY)
+    if not isinstance(summary, dict) or not {"settings", "metrics", "ci95"} <= set(summary):
+        raise ValueError(
+            f"{folder / SUMMARY}: not a fedrec run's summary (settings, metrics, ci95)"
+        )
     settings = FederationSettings.from_run_config(summary["settings"])
-    lines = [
-        json.loads(line)
-        for line in (folder / METRICS).read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
+    lines = read_metrics(folder)
+    if not lines:
+        raise ValueError(f"{folder / METRICS} has no rounds")
     budgets_file = folder / BUDGETS
-    budgets = json.loads(budgets_file.read_text(encoding="utf-8")) if budgets_file.exists() else {}
+    budgets = read_json(budgets_file) if budgets_file.exists() else {}
     spent = sorted(float(v) for v in budgets.values())
     record = None
     if settings.privacy.enabled and spent:
@@ -110,7 +113,7 @@ def read_run(folder: Path) -> RunPrivacy:
         per_round=per_round,
         utility={k: summary["metrics"][k] for k in ("hr@10", "ndcg@10")},
         ci95={k: summary["ci95"][k] for k in ("hr@10", "ndcg@10")},
-        audit=json.loads((folder / AUDIT).read_text()) if (folder / AUDIT).exists() else None,
+        audit=read_json(folder / AUDIT) if (folder / AUDIT).exists() else None,
     )
 
 

@@ -1,10 +1,13 @@
-"""Durable file writes, for the device's store and bundle and the server's run folder."""
+"""Durable file writes (the device's store and bundle, the server's run folder), and reading
+the run folder's JSON files with errors that name the file and line."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def write_atomic(file: Path, data: bytes, prefix: str | None = None, suffix: str = ".tmp") -> None:
@@ -33,3 +36,32 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def read_json(path: Path) -> Any:
+    """The JSON value in ``path``; a ValueError that names the file and line when it is not
+    JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}, line {err.lineno}: invalid JSON ({err.msg})") from None
+
+
+def read_json_lines(path: Path, keys: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The JSON objects of ``path``, one per non-blank line, each with ``keys``; a ValueError
+    that names the file and line of the first that is not."""
+    objects = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}, line {number}: invalid JSON ({err.msg})") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"{path}, line {number}: expected a JSON object")
+        missing = [key for key in keys if key not in value]
+        if missing:
+            raise ValueError(f"{path}, line {number}: missing {', '.join(missing)}")
+        objects.append(value)
+    return objects

@@ -3,7 +3,6 @@ Flower's simulation engine and returns its summary (also in ``OUT/summary.json``
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -20,6 +19,7 @@ from fedrec.server.app import make_server_app
 from fedrec.server.checkpoint import check_resumable
 from fedrec.server.federation import SUMMARY, recorded_user_noises, user_level_noise
 from fedrec.shared.federated.settings import FederationSettings
+from fedrec.shared.files import read_json
 from fedrec.simulations.world import load_world
 
 #: How much lower than the devices' the scheduling priority of the simulation engine's own
@@ -70,6 +70,8 @@ def _run_beside_devices(run: Callable[[], None]) -> None:
 
 def simulate(settings: FederationSettings, cpus_per_device: int = 1) -> dict[str, Any]:
     """Run the federation ``settings`` describes (resuming from its checkpoint, if any)."""
+    if Path(settings.out).exists() and not Path(settings.out).is_dir():
+        raise ValueError(f"the run folder {settings.out} is a file, not a folder")
     check_resumable(Path(settings.out), settings)  # fail early on a resume with other settings
     load_world(settings.data, settings.devices)  # and on bad data; warm the caches
     # and when a resumed run has no user-level budget left
@@ -86,5 +88,5 @@ def simulate(settings: FederationSettings, cpus_per_device: int = 1) -> dict[str
     summary_file = Path(settings.out) / SUMMARY
     if not summary_file.exists():
         raise RuntimeError(f"the federation ended without writing {summary_file}; see the log")
-    result: dict[str, Any] = json.loads(summary_file.read_text(encoding="utf-8"))
+    result: dict[str, Any] = read_json(summary_file)
     return result

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fedrec.cli import main
+from fedrec.server.federation import ROUND_FIELDS
 from fedrec.shared.federated.settings import FederationSettings
 
 
@@ -69,7 +70,9 @@ def test_evaluate_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 def test_bad_data_spec_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate", "--data", "nowhere", "--model", "popularity"]) == 2
-    assert "fedrec: error: unknown data spec 'nowhere'" in capsys.readouterr().err
+    assert "fedrec: error: no folder 'nowhere' (and no data spec" in capsys.readouterr().err
+    assert main(["evaluate", "--data", "foo:bar", "--model", "popularity"]) == 2
+    assert "fedrec: error: unknown data spec 'foo:bar'" in capsys.readouterr().err
 
 
 def test_bad_file_error_names_file_and_line(
@@ -97,6 +100,54 @@ def test_privacy_report_of_a_folder_that_is_no_run(
     assert main(["privacy-report", str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert "is not a finished fedrec run" in error and "summary.json" in error
+
+
+def test_privacy_report_names_the_line_of_a_damaged_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    summary = {"settings": FederationSettings().to_run_config(), "metrics": {}, "ci95": {}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    line = {field: None for field in ROUND_FIELDS}
+    for text, message in [
+        (json.dumps(line) + "\n{bad\n", "metrics.jsonl, line 2: invalid JSON"),
+        (json.dumps(line) + '\n{"round": 2}\n', "metrics.jsonl, line 2: missing wall_s, devices"),
+        ("[1, 2]\n", "metrics.jsonl, line 1: expected a JSON object"),
+        ("", "metrics.jsonl has no rounds"),
+    ]:
+        (tmp_path / "metrics.jsonl").write_text(text)
+        assert main(["privacy-report", str(tmp_path)]) == 2
+        assert message in capsys.readouterr().err
+    (tmp_path / "summary.json").write_text("{")
+    assert main(["privacy-report", str(tmp_path)]) == 2
+    assert "summary.json, line 1: invalid JSON" in capsys.readouterr().err
+
+
+def test_outputs_that_cannot_be_written_fail_before_the_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = str(small_folder(tmp_path))
+    for path, message in [
+        (tmp_path, "is a folder, not a file"),
+        (tmp_path / "nowhere" / "r.json", "no folder"),
+    ]:
+        assert main(["evaluate", "--data", data, "--model", "popularity", "--json", str(path)]) == 2
+        captured = capsys.readouterr()
+        assert message in captured.err and "hr@10" not in captured.out  # nothing evaluated
+    a_file = tmp_path / "a-file"
+    a_file.write_text("keep me")
+    for args, message in [
+        (["simulate", "--out", str(a_file)], "is a file, not a folder"),
+        (["simulate", "--out", str(tmp_path / "r"), "--set", "out=elsewhere"], "with --out"),
+        (["data", "export", data, str(a_file)], "is a file, not a folder"),
+        (["data", "export", data, data], "already holds items.csv, interactions.csv"),
+    ]:
+        assert main(args) == 2
+        assert message in capsys.readouterr().err
+    assert a_file.read_text() == "keep me" and not (tmp_path / "r").exists()
+    # an error of the file system or the encoder's folder is a clear error too, not a traceback
+    args = ["evaluate", "--data", data, "--model", "frozen", "--encoder", str(tmp_path / "none")]
+    assert main(args) == 2
+    assert "fedrec: error: model" in capsys.readouterr().err
 
 
 def test_simulate_refuses_trained_parts_that_name_no_module(

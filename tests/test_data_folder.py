@@ -67,6 +67,25 @@ def test_save_then_load_round_trips(tmp_path: Path, fmt: str) -> None:
     np.testing.assert_array_equal(again.texts.items, data.texts.items)
 
 
+def test_export_refuses_a_folder_that_holds_a_data_set_or_is_a_file(tmp_path: Path) -> None:
+    data = load_folder(good(tmp_path))
+    folder = save_folder(data, tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for fmt in ("csv", "jsonl"):  # again, or in the other format: nothing overwritten or mixed
+        with pytest.raises(DataError, match=r"already holds items\.csv, interactions\.csv, texts"):
+            save_folder(data, folder, fmt=fmt)  # type: ignore[arg-type]
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "interactions.csv").write_text("user_id,x\n")
+    with pytest.raises(DataError, match=r"already holds interactions\.csv"):
+        save_folder(data, tmp_path / "notes")
+    assert (tmp_path / "notes" / "interactions.csv").read_text() == "user_id,x\n"
+    (tmp_path / "a-file").write_text("keep me")
+    with pytest.raises(DataError, match="is a file, not a folder"):
+        save_folder(data, tmp_path / "a-file")
+    assert (tmp_path / "a-file").read_text() == "keep me"
+
+
 def test_iso_timestamps_are_read_as_utc_seconds(tmp_path: Path) -> None:
     rows = "user_id,item_id,timestamp\nu1,a,1970-01-01T00:01:40\nu1,b,1970-01-01T01:00:00+01:00\n"
     data = load_folder(good(tmp_path, interactions_csv=rows))
@@ -166,6 +185,14 @@ BAD_INPUTS = {
     "invalid json": (
         {"interactions_csv": None, "interactions_jsonl": '{"user_id": "u1"\n'},
         "interactions.jsonl, line 1: invalid JSON",
+    ),
+    "unclosed quote": (
+        {"items_csv": 'item_id,text\na,Jazz\nb,"Trail shoes\nc,Tea\n'},
+        "items.csv, line 3: malformed CSV: unexpected end of data (a quoted field that opens",
+    ),
+    "empty column name": (
+        {"items_csv": "item_id,text,\na,Jazz,x\n"},
+        "items.csv, line 1: empty column name in header",
     ),
     "json array line": (
         {"interactions_csv": None, "interactions_jsonl": "[1, 2]\n"},

@@ -213,5 +213,6 @@ def test_ease_has_zero_diagonal_and_beats_popularity_on_structure() -> None:
     assert (
         evaluate(ease, split, config).metrics["mrr"] > evaluate(pop, split, config).metrics["mrr"]
     )
-    with pytest.raises(ValueError, match="EASE's lambda must be positive"):
-        Ease(0)
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="EASE's lambda must be a finite positive number"):
+            Ease(bad)

@@ -15,7 +15,12 @@ from dp_accounting import rdp
 from flwr.app import Array, ArrayRecord
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
-from fedrec.server.federation import _log_user_noise, make_strategy, user_level_noise
+from fedrec.server.federation import (
+    ROUND_FIELDS,
+    _log_user_noise,
+    make_strategy,
+    user_level_noise,
+)
 from fedrec.shared.federated.local import RDP_ORDERS, LocalConfig, PrivacyConfig
 from fedrec.shared.federated.settings import FederationSettings, user_level_local
 from fedrec.shared.federated.user_level import (
@@ -111,6 +116,10 @@ def test_run_config_round_trip_and_unknown_keys() -> None:
         FederationSettings(fraction_evaluate=1.5)
     with pytest.raises(ValueError, match="min_update_share must be in"):
         FederationSettings(min_update_share=1.5)
+    with pytest.raises(ValueError, match="a federation needs devices >= 2, got 1"):
+        FederationSettings(devices=1)
+    with pytest.raises(ValueError, match="a federation needs rounds >= 1, got 0"):
+        FederationSettings(rounds=0)
 
 
 def test_a_resumed_run_without_user_level_budget_fails_before_it_starts(tmp_path: Path) -> None:
@@ -118,7 +127,7 @@ def test_a_resumed_run_without_user_level_budget_fails_before_it_starts(tmp_path
         devices=3, rounds=3, out=str(tmp_path), user_privacy=UserPrivacyConfig(enabled=True)
     )
     # two rounds already run with little noise: their epsilon is far above 8
-    lines = [{"round": r, "user_noise": 0.5} for r in (1, 2)]
+    lines = [{**dict.fromkeys(ROUND_FIELDS), "round": r, "user_noise": 0.5} for r in (1, 2)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     with pytest.raises(ValueError, match=r"the 2 rounds already run leave no user-level budget"):
         simulate(settings)

@@ -131,8 +131,24 @@ def _optional_lookup(table: Table, column: str, index: dict[str, int]) -> IntArr
 def save_folder(
     dataset: Dataset, folder: Path | str, *, fmt: Literal["csv", "jsonl"] = "csv"
 ) -> Path:
-    """Write ``dataset`` in fedrec's format, so that ``load_folder`` reads it back unchanged."""
+    """Write ``dataset`` in fedrec's format, so that ``load_folder`` reads it back unchanged.
+    A ``DataError`` (nothing written) when ``folder`` is a file or already holds a data set's
+    file, which the export would overwrite or leave mixed with its own."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError("is a file, not a folder: export into a new or empty folder", folder)
+    taken = [
+        f"{stem}{ext}"
+        for stem in ("items", "interactions", "texts")
+        for ext in (".csv", ".jsonl")
+        if (folder / f"{stem}{ext}").exists()
+    ]
+    if taken:
+        raise DataError(
+            f"already holds {', '.join(taken)}, which an export would overwrite or mix with its "
+            "own; export into a new or empty folder (nothing was written)",
+            folder,
+        )
     folder.mkdir(parents=True, exist_ok=True)
     fields = list(dict.fromkeys(k for f in dataset.item_fields for k in f))
     _write(

@@ -33,4 +33,8 @@ def load_data(spec: str) -> Dataset:
     path = Path(spec).expanduser()
     if path.is_dir():
         return load_folder(path)
+    if path.exists():
+        raise DataError(f"data spec {spec!r} is a file, not a folder: use {SPEC_HELP}")
+    if ":" not in spec:
+        raise DataError(f"no folder {spec!r} (and no data spec of that name): use {SPEC_HELP}")
     raise DataError(f"unknown data spec {spec!r}: use {SPEC_HELP}")

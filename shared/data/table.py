@@ -208,7 +208,7 @@ def _decode(path: Path) -> str:
 
 
 def _read_csv(path: Path, text: str) -> Table:
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next(reader)
     except StopIteration:
@@ -216,6 +216,8 @@ def _read_csv(path: Path, text: str) -> Table:
     except csv.Error as err:
         raise DataError(f"malformed CSV: {err}", path, reader.line_num) from None
     header = [name.strip() for name in header]
+    if "" in header:
+        raise DataError(f"empty column name in header: {header}", path, 1)
     if len(set(header)) != len(header):
         raise DataError(f"duplicate column names in header: {header}", path, 1)
     columns: list[list[str]] = [[] for _ in header]
@@ -238,7 +240,9 @@ def _read_csv(path: Path, text: str) -> Table:
             lines.append(start)
             start = reader.line_num + 1
     except csv.Error as err:
-        raise DataError(f"malformed CSV: {err}", path, start) from None
+        unclosed = str(err) == "unexpected end of data"
+        hint = " (a quoted field that opens here is never closed)" if unclosed else ""
+        raise DataError(f"malformed CSV: {err}{hint}", path, start) from None
     return Table(path, dict(zip(header, columns, strict=True)), lines)
 
 

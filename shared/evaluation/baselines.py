@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -41,8 +42,8 @@ class Ease:
     """
 
     def __init__(self, l2: float = 100.0) -> None:
-        if l2 <= 0:
-            raise ValueError(f"EASE's lambda must be positive, got {l2}")
+        if not (math.isfinite(l2) and l2 > 0):
+            raise ValueError(f"EASE's lambda must be a finite positive number, got {l2}")
         self.l2 = l2
         self.name = f"ease(lambda={l2:g})"
         self._weights: FloatArray | None = None

@@ -47,8 +47,12 @@ class PrivacyConfig:
     noise_multiplier: float | None = None
 
     def __post_init__(self) -> None:
-        if self.target_epsilon <= 0 or not 0 < self.delta < 1 or self.max_grad_norm <= 0:
-            raise ValueError("target_epsilon and max_grad_norm must be > 0, delta in (0, 1)")
+        if not self.target_epsilon > 0:
+            raise ValueError(f"target_epsilon must be > 0, got {self.target_epsilon}")
+        if not 0 < self.delta < 1:
+            raise ValueError(f"delta must be in (0, 1), got {self.delta}")
+        if not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
         if self.accountant not in ("rdp", "prv"):
             raise ValueError(f"accountant must be 'rdp' or 'prv', got {self.accountant!r}")
         if self.noise_multiplier is not None and self.noise_multiplier <= 0:

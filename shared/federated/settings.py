@@ -65,8 +65,9 @@ class FederationSettings:
     user_privacy: UserPrivacyConfig = field(default_factory=UserPrivacyConfig)
 
     def __post_init__(self) -> None:
-        if self.devices < 2 or self.rounds < 1 or self.bundle_every < 1:
-            raise ValueError("a federation needs devices >= 2, rounds >= 1, bundle_every >= 1")
+        for name, least in (("devices", 2), ("rounds", 1), ("bundle_every", 1)):
+            if getattr(self, name) < least:
+                raise ValueError(f"a federation needs {name} >= {least}, got {getattr(self, name)}")
         if not 0 < self.fraction_train <= 1:
             raise ValueError(f"fraction_train must be in (0, 1], got {self.fraction_train}")
         if not 0 <= self.fraction_evaluate <= 1:

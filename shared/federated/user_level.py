@@ -39,10 +39,12 @@ class UserPrivacyConfig:
     clipping_norm: float = 0.2
 
     def __post_init__(self) -> None:
-        if self.target_epsilon <= 0 or not 0 < self.delta < 1 or self.clipping_norm <= 0:
-            raise ValueError(
-                "user-level target_epsilon and clipping_norm must be > 0, delta in (0, 1)"
-            )
+        if not self.target_epsilon > 0:
+            raise ValueError(f"user-level target_epsilon must be > 0, got {self.target_epsilon}")
+        if not 0 < self.delta < 1:
+            raise ValueError(f"user-level delta must be in (0, 1), got {self.delta}")
+        if not self.clipping_norm > 0:
+            raise ValueError(f"user-level clipping_norm must be > 0, got {self.clipping_norm}")
 
 
 def user_level_epsilon(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,10 +35,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for bad input)."""
     args = _parser().parse_args(argv)
     try:
+        _check_json_path(getattr(args, "json", None))
         return int(args.run(args))
-    except (DataError, ValueError) as err:
+    except (DataError, ValueError, OSError) as err:  # OSError: files, and the encoder's folder
         print(f"fedrec: error: {err}", file=sys.stderr)
         return 2
+
+
+def _check_json_path(path: Path | None) -> None:
+    """Fail before the work when ``--json PATH`` cannot be written."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ValueError(f"--json {path}: is a folder, not a file")
+    if not path.parent.is_dir():
+        raise ValueError(f"--json {path}: no folder {path.parent}")
+    if not os.access(path.parent, os.W_OK):
+        raise ValueError(f"--json {path}: cannot write in {path.parent}")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -284,6 +298,8 @@ def _run_config_values(pairs: list[str]) -> dict[str, Any]:
         key, equals, text = pair.partition("=")
         if not equals or not key.strip():
             raise ValueError(f"--set takes KEY=VALUE, got {pair!r}")
+        if key.strip() == "out":
+            raise ValueError(f"--set {pair}: give the run folder with --out")
         values[key.strip()] = _literal(text.strip())
     return values
 
@@ -574,7 +590,9 @@ def _parser() -> argparse.ArgumentParser:
         "(docs/data-format.md).",
     )
     export.add_argument("data", metavar="SPEC", help=SPEC_HELP)
-    export.add_argument("out", type=Path, metavar="DIR", help="folder to write")
+    export.add_argument(
+        "out", type=Path, metavar="DIR", help="a new or empty folder (no data set's files in it)"
+    )
     export.add_argument("--format", choices=("csv", "jsonl"), default="csv")
     export.set_defaults(run=_data_export)
     return parser
