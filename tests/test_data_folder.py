@@ -102,11 +102,11 @@ def test_jsonl_input(tmp_path: Path) -> None:
 
 
 def test_duplicate_events_are_dropped_and_counted(tmp_path: Path) -> None:
-    rows = "user_id,item_id,timestamp\nu1,a,100\nu1,a,100\nu1,a,300\n"
+    rows = "user_id,item_id,timestamp,value\nu1,a,100,4\nu1,a,100,4.0\nu1,a,300,\nu1,a,300,\n"
     data = load_folder(good(tmp_path, interactions_csv=rows))
     assert len(data.interactions) == 2
-    assert data.summary.dropped == {"duplicate interactions (same user, item and timestamp)": 1}
-    assert "left out 1 rows: duplicate interactions" in " ".join(data.summary.lines())
+    assert data.summary.dropped == {"duplicate interactions (same user, item and timestamp)": 2}
+    assert "left out 2 rows: duplicate interactions" in " ".join(data.summary.lines())
 
 
 BAD_INPUTS = {
@@ -163,6 +163,11 @@ BAD_INPUTS = {
     "infinite value": (
         {"interactions_csv": "user_id,item_id,timestamp,value\nu1,a,5,inf\n"},
         "interactions.csv, line 2: value must be finite, got 'inf'",
+    ),
+    "conflicting duplicate event": (
+        {"interactions_csv": "user_id,item_id,timestamp,value\nu1,a,5,4\nu2,a,5,1\nu1,a,5,2\n"},
+        "interactions.csv, line 4: repeats the event of line 2 (same user, item and timestamp) "
+        "with another value, 2 against 4: keep one",
     ),
     "duplicate item id": (
         {"items_csv": "item_id,text\na,x\na,y\n"},

@@ -60,7 +60,7 @@ def load_folder(folder: Path | str, *, max_text_chars: int = MAX_TEXT_CHARS) -> 
         timestamps=interactions.timestamps(),
         values=interactions.floats("value", optional=True),
     )
-    rows, duplicates = drop_duplicate_events(rows)
+    rows, duplicates = drop_duplicate_events(rows, interactions)
     user_texts = (
         UserTexts(
             users=texts.lookup("user_id", user_index, "user"),
@@ -108,12 +108,24 @@ def unique_index(table: Table, column: str) -> dict[str, int]:
     return index
 
 
-def drop_duplicate_events(rows: Interactions) -> tuple[Interactions, int]:
-    """Keep the first of rows with the same user, item and timestamp; return how many went."""
+def drop_duplicate_events(rows: Interactions, table: Table) -> tuple[Interactions, int]:
+    """Keep the first of rows with the same user, item and timestamp, and return how many
+    went. ``rows`` are ``table``'s, in its order; a row that repeats an event with another
+    value is an error at its line, since dropping it would lose that value."""
     keys = np.stack([rows.users, rows.items, rows.timestamps], axis=1)
-    _, first = np.unique(keys, axis=0, return_index=True)
+    _, first, event = np.unique(keys, axis=0, return_index=True, return_inverse=True)
     if len(first) == len(rows):
         return rows, 0
+    firsts = first[event.ravel()]  # each row's event's first row
+    kept, values = rows.values[firsts], rows.values
+    conflicts = np.flatnonzero(~((kept == values) | (np.isnan(kept) & np.isnan(values))))
+    if len(conflicts):
+        row, earlier = int(conflicts[0]), int(firsts[conflicts[0]])
+        raise table.error(
+            row,
+            f"repeats the event of line {table.lines[earlier]} (same user, item and timestamp) "
+            f"with another value, {values[row]:g} against {values[earlier]:g}: keep one",
+        )
     return rows.select(np.sort(first)), len(rows) - len(first)
 
 

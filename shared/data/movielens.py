@@ -47,7 +47,8 @@ def load_movielens(folder: Path | str, *, max_text_chars: int = MAX_TEXT_CHARS) 
             items=ratings.lookup("movieId", item_index, "movie"),
             timestamps=ratings.timestamps(),
             values=ratings.floats("rating"),
-        )
+        ),
+        ratings,
     )
     texts = (
         UserTexts(
