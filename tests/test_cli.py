@@ -73,6 +73,9 @@ def test_bad_data_spec_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> N
     assert "fedrec: error: no folder 'nowhere' (and no data spec" in capsys.readouterr().err
     assert main(["evaluate", "--data", "foo:bar", "--model", "popularity"]) == 2
     assert "fedrec: error: unknown data spec 'foo:bar'" in capsys.readouterr().err
+    for seed in ("", "x", "-1", "1.5"):
+        assert main(["data", "describe", f"demo:{seed}"]) == 2
+        assert f"demo seed must be a non-negative integer, got {seed!r}" in capsys.readouterr().err
 
 
 def test_bad_file_error_names_file_and_line(

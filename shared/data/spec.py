@@ -21,7 +21,7 @@ def load_data(spec: str) -> Dataset:
     if kind == "demo":
         from fedrec.shared.data.demo import DemoConfig, generate_demo
 
-        if not rest:
+        if spec == "demo":
             return generate_demo()
         if not rest.isdigit():
             raise DataError(f"demo seed must be a non-negative integer, got {rest!r}")
