@@ -32,8 +32,14 @@ from fedrec.client.store import (
     forget_store,
     json_record,
 )
-from fedrec.shared.bundle import ItemBundle, accept_bundle, verify_bundle
-from fedrec.shared.data.table import MAX_TEXT_CHARS
+from fedrec.shared.bundle import (
+    BundleModelError,
+    BundleRollbackError,
+    ItemBundle,
+    accept_bundle,
+    verify_bundle,
+)
+from fedrec.shared.data.table import MAX_TEXT_CHARS, MAX_TIMESTAMP
 from fedrec.shared.encoder.model import TextEncoder
 from fedrec.shared.files import write_atomic
 from fedrec.shared.model.network import ITEM_EVENT, TEXT_EVENT, Recommender, UserState
@@ -45,6 +51,8 @@ EVENTS_LOG, TEXT_FEATURES_LOG = "events", "text_features"
 #: Journal size at which the device saves its interest state and folds the journal in: an event
 #: writes only itself, and opening replays at most this much of the history.
 JOURNAL_LIMIT = 64 * 1024
+#: The longest event label (``record(event=...)``), such as "click" or "rating".
+MAX_EVENT_CHARS = 64
 #: How many candidates per wanted result MMR re-ranks when diversity is asked for.
 DIVERSITY_POOL = 5
 #: How many recent events explanations look at.
@@ -100,6 +108,7 @@ class Device:
         bundle: ItemBundle,
     ) -> None:
         self._folder = folder
+        self._forgotten = False
         self._store = store
         self._model = model
         self._public_key = public_key
@@ -119,21 +128,39 @@ class Device:
         public_key: Ed25519PublicKey,
         bundle_blob: bytes,
     ) -> Device:
-        """A new device in ``folder``, with the server's first signed item bundle."""
-        folder = Path(folder)
-        bundle = verify_bundle(bundle_blob, public_key)
+        """A new device in ``folder``, with the server's first signed item bundle. A failed
+        create leaves nothing behind."""
+        folder = Path(folder).expanduser()
+        _check_parts(model, public_key)
+        bundle = _checked_bundle(verify_bundle(bundle_blob, public_key), model)
         store = EncryptedStore(folder, key, create=True)
-        write_atomic(folder / BUNDLE_FILE, bundle_blob)
-        return cls(folder, store, model, public_key, bundle)
+        try:
+            write_atomic(folder / BUNDLE_FILE, bundle_blob)
+            return cls(folder, store, model, public_key, bundle)
+        except BaseException:
+            forget_store(folder)
+            (folder / BUNDLE_FILE).unlink(missing_ok=True)
+            raise
 
     @classmethod
     def open(
         cls, folder: Path | str, key: bytes, model: DeviceModel, public_key: Ed25519PublicKey
     ) -> Device:
-        """The device saved in ``folder``; its bundle is verified again."""
-        folder = Path(folder)
+        """The device saved in ``folder``; its bundle is verified again, and must be the one it
+        last installed or newer (an older file is a rollback)."""
+        folder = Path(folder).expanduser()
+        _check_parts(model, public_key)
         store = EncryptedStore(folder, key)
-        bundle = verify_bundle((folder / BUNDLE_FILE).read_bytes(), public_key)
+        path = folder / BUNDLE_FILE
+        if not path.is_file():
+            raise StoreError(f"{path} is missing: the device has no items to rank; restore it")
+        bundle = _checked_bundle(verify_bundle(path.read_bytes(), public_key), model)
+        meta = store.get_json("state_meta")
+        if meta is not None and meta["bundle"] > bundle.version:
+            raise BundleRollbackError(
+                f"{path} is version {bundle.version}, older than the version {meta['bundle']} "
+                "this device installed: the file was rolled back"
+            )
         return cls(folder, store, model, public_key, bundle)
 
     # -- feedback ----------------------------------------------------------------------------
@@ -149,13 +176,14 @@ class Device:
         position = self._positions.get(item) if isinstance(item, str) else None
         if position is None:
             raise DeviceInputError(f"unknown item {item!r}: not in the item bundle")
-        if not isinstance(event, str) or not event.strip():
-            raise DeviceInputError("event must be a non-empty string such as 'click'")
-        if value is not None and (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
+        if not isinstance(event, str) or not event.strip() or len(event) > MAX_EVENT_CHARS:
+            raise DeviceInputError(
+                f"event must be a non-empty string of at most {MAX_EVENT_CHARS} characters "
+                "such as 'click'"
+            )
+        if not _is_utf8(event):
+            raise DeviceInputError("event contains characters that are not valid UTF-8")
+        if value is not None and not _is_finite_number(value):
             raise DeviceInputError(f"value must be a finite number or None, got {value!r}")
         when = self._timestamp(timestamp)
         vector = torch.tensor(self._vectors[position])
@@ -170,7 +198,7 @@ class Device:
     ) -> None:
         """The person wrote ``text`` (a review, a comment, a search), optionally about ``item``."""
         text = _checked_text(text)
-        if item is not None and item not in self._positions:
+        if item is not None and (not isinstance(item, str) or item not in self._positions):
             raise DeviceInputError(f"unknown item {item!r}: not in the item bundle")
         when = self._timestamp(timestamp)
         with torch.no_grad(), _one_thread():
@@ -213,8 +241,14 @@ class Device:
         last = int(self._history[-1]["t"]) if self._history else 0
         if timestamp is None:
             return max(int(time.time()), last)
-        if isinstance(timestamp, bool) or not isinstance(timestamp, int) or timestamp < 0:
-            raise DeviceInputError(f"timestamp must be Unix seconds (int >= 0), got {timestamp!r}")
+        if (
+            isinstance(timestamp, bool)
+            or not isinstance(timestamp, int)
+            or not 0 <= timestamp <= MAX_TIMESTAMP
+        ):
+            raise DeviceInputError(
+                f"timestamp must be Unix seconds (an int in 1970-2100), got {timestamp!r}"
+            )
         if timestamp < last:
             raise DeviceInputError(
                 f"timestamp {timestamp} is before the last event ({last}): events arrive in order"
@@ -238,10 +272,17 @@ class Device:
         ``diversity`` in [0, 1] re-ranks with maximal marginal relevance (0: pure relevance).
         With no history yet (cold start), items central to the catalog, spread out by MMR.
         """
+        self._check_not_forgotten()
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise DeviceInputError(f"k must be a positive integer, got {k!r}")
-        if not 0.0 <= diversity <= 1.0:
-            raise DeviceInputError(f"diversity must be in [0, 1], got {diversity!r}")
+        if (
+            isinstance(diversity, bool)
+            or not isinstance(diversity, int | float)
+            or not 0.0 <= diversity <= 1.0
+        ):
+            raise DeviceInputError(f"diversity must be a number in [0, 1], got {diversity!r}")
+        if not isinstance(exclude_seen, bool):
+            raise DeviceInputError(f"exclude_seen must be True or False, got {exclude_seen!r}")
         query = self.interest()
         cold = query is None
         if query is None:
@@ -295,7 +336,8 @@ class Device:
     def update_bundle(self, blob: bytes) -> None:
         """Take a newer signed bundle from the server. A bundle that fails its signature or
         checksum, or is not newer, raises and the device keeps the one it had."""
-        bundle = accept_bundle(self._bundle, blob, self._public_key)
+        self._check_not_forgotten()
+        bundle = _checked_bundle(accept_bundle(self._bundle, blob, self._public_key), self._model)
         offered = set(bundle.item_ids)
         missing = [
             e["item"] for e in self._history if e["kind"] == "item" and e["item"] not in offered
@@ -304,6 +346,7 @@ class Device:
             raise DeviceInputError(
                 f"the new bundle lacks items in this device's history: {missing[:5]}"
             )
+        self._store.check_writable()  # before the bundle file: a stale or forgotten device
         write_atomic(self._folder / BUNDLE_FILE, blob)
         self._use_bundle(bundle)
         self._state = self._replay(self._model.network.users.start(), 0)
@@ -311,6 +354,7 @@ class Device:
 
     def export(self) -> dict[str, Any]:
         """Everything this device holds about the person, as JSON-ready data."""
+        self._check_not_forgotten()
         interest = self.interest()
         return {
             "history": [dict(e) for e in self._history],
@@ -324,6 +368,11 @@ class Device:
         forget_store(self._folder)
         (self._folder / BUNDLE_FILE).unlink(missing_ok=True)
         self._history = []
+        self._forgotten = True
+
+    def _check_not_forgotten(self) -> None:
+        if self._forgotten:
+            raise StoreError(f"the device in {self._folder} was forgotten: create it again")
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -389,6 +438,44 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def _check_parts(model: DeviceModel, public_key: Ed25519PublicKey) -> None:
+    if not isinstance(model, DeviceModel):
+        raise DeviceInputError(f"model must be a DeviceModel, got {type(model).__name__}")
+    if not isinstance(public_key, Ed25519PublicKey):
+        raise DeviceInputError(
+            f"public_key must be the server's Ed25519PublicKey, got {type(public_key).__name__}"
+        )
+
+
+def _checked_bundle(bundle: ItemBundle, model: DeviceModel) -> ItemBundle:
+    """``bundle``, whose item vectors must have the dimension the device's model makes."""
+    dim, expected = bundle.embeddings.shape[1], model.network.config.item_dim
+    if dim != expected:
+        raise BundleModelError(
+            f"the bundle's items are {dim}-d, this device's model makes {expected}-d vectors: "
+            "not installed"
+        )
+    return bundle
+
+
+def _is_finite_number(value: object) -> bool:
+    """An int or float (not a bool) that a float holds finitely."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an int beyond a float's range
+        return False
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _checked_text(text: str | bytes) -> str:
     if isinstance(text, bytes):
         try:
@@ -397,10 +484,8 @@ def _checked_text(text: str | bytes) -> str:
             raise DeviceInputError(f"text is not valid UTF-8 (byte {err.start})") from None
     if not isinstance(text, str):
         raise DeviceInputError(f"text must be a string, got {type(text).__name__}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise DeviceInputError("text contains characters that are not valid UTF-8") from None
+    if not _is_utf8(text):
+        raise DeviceInputError("text contains characters that are not valid UTF-8")
     text = unicodedata.normalize("NFC", text)
     if not text.strip():
         raise DeviceInputError("text is empty")

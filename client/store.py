@@ -28,6 +28,7 @@ import re
 import struct
 import threading
 import unicodedata
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,7 +45,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from fedrec.shared.files import fsync_dir, write_atomic
 
 KEY_BYTES = 32
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 STORE_FILE = "store.fedrec"
 JOURNAL_FILE = "store.journal"
 
@@ -62,7 +63,7 @@ _NAME_LEN = struct.Struct(">H")
 _VALUE_LEN = struct.Struct(">Q")
 _JOURNAL_MAGIC = b"FEDRECJL"
 _JOURNAL_HEAD = struct.Struct(">8s16sQ")  # magic, store id, store-file generation it extends
-_FRAME_LEN = struct.Struct(">I")
+_FRAME_LEN = struct.Struct(">II")  # ciphertext length, CRC-32 of that length
 
 
 class StoreError(Exception):
@@ -304,6 +305,13 @@ class EncryptedStore:
             )
             return True
 
+    def check_writable(self) -> None:
+        """Raise the ``StoreError`` the next write would: the store was forgotten, or another
+        writer changed it. For a caller that writes a file beside the store first."""
+        with self._lock:
+            self._live()
+            self._check_unchanged()
+
     def export(self) -> dict[str, bytes | list[bytes]]:
         """Every record and log, decrypted (e.g. for a user's data-access request)."""
         with self._lock:
@@ -407,7 +415,11 @@ class EncryptedStore:
         head, offset = blob[: _JOURNAL_HEAD.size], _JOURNAL_HEAD.size
         frames = 0
         while len(blob) - offset >= _FRAME_LEN.size + _NONCE_BYTES + _TAG_BYTES:
-            (length,) = _FRAME_LEN.unpack_from(blob, offset)
+            length, check = _FRAME_LEN.unpack_from(blob, offset)
+            if check != _length_check(length):  # a torn append keeps its whole head
+                raise TamperedStoreError(
+                    self._journal, f"journal frame {frames}'s length is damaged"
+                )
             start = offset + _FRAME_LEN.size + _NONCE_BYTES
             if start + length > len(blob):
                 break
@@ -469,7 +481,7 @@ class EncryptedStore:
         head = _JOURNAL_HEAD.pack(_JOURNAL_MAGIC, self._header.store_id, self._header.generation)
         nonce = os.urandom(_NONCE_BYTES)
         sealed = self._aead.encrypt(nonce, _encode_logs(logs), head + _COUNT.pack(self._frames))
-        frame = _FRAME_LEN.pack(len(sealed)) + nonce + sealed
+        frame = _FRAME_LEN.pack(len(sealed), _length_check(len(sealed))) + nonce + sealed
         data = frame if self._journal_size else head + frame
         fd = os.open(self._journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
@@ -662,3 +674,9 @@ def _decode_value(plain: bytes, offset: int) -> tuple[bytes, int]:
 
 def _temp_files(directory: Path) -> list[Path]:
     return list(directory.glob(f"{_TMP_PREFIX}*{_TMP_SUFFIX}"))
+
+
+def _length_check(length: int) -> int:
+    """The CRC-32 a journal frame's head keeps of its length: a damaged length would otherwise
+    read as an append cut short, and the frames after it would be cut off."""
+    return zlib.crc32(length.to_bytes(4, "big"))

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from fedrec.client.device import Device, DeviceInputError, DeviceModel
-from fedrec.client.store import StoreNotFoundError
+from fedrec.client.store import StoreError, StoreNotFoundError
 from fedrec.shared.bundle import (
     BundleError,
+    BundleModelError,
     ItemBundle,
     generate_signing_key,
     sign_bundle,
@@ -53,10 +54,14 @@ def signing() -> tuple[object, object]:
     return private, private.public_key()
 
 
-def bundle_blob(model: DeviceModel, private: object, version: int, int8: bool = False) -> bytes:
+def bundle_blob(
+    model: DeviceModel, private: object, version: int, int8: bool = False, dim: int | None = None
+) -> bytes:
+    """A signed bundle of the catalog; ``dim`` keeps only that many of each vector's
+    components (another model's bundle)."""
     features = model.encoder.encode(list(CATALOG.values()))
     with torch.no_grad():
-        vectors = model.network.items(torch.from_numpy(features)).numpy()
+        vectors = model.network.items(torch.from_numpy(features)).numpy()[:, :dim]
     if version > 1:  # a later round: the item vectors moved a little
         vectors = vectors + 0.01 * np.random.default_rng(version).normal(size=vectors.shape)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -237,7 +242,14 @@ def test_newer_bundle_rebuilds_the_interest(
         (lambda d: d.record("jazz", timestamp=50), "timestamp 50 is before the last event (100)"),
         (lambda d: d.record("jazz", timestamp=-1), "timestamp must be Unix seconds"),
         (lambda d: d.recommend(k=0), "k must be a positive integer"),
-        (lambda d: d.recommend(diversity=2.0), "diversity must be in [0, 1]"),
+        (lambda d: d.recommend(diversity=2.0), "diversity must be a number in [0, 1]"),
+        (lambda d: d.recommend(diversity="0.5"), "diversity must be a number in [0, 1]"),
+        (lambda d: d.recommend(exclude_seen="no"), "exclude_seen must be True or False"),
+        (lambda d: d.record("jazz", value=10**400), "value must be a finite number"),
+        (lambda d: d.record("jazz", event="x" * 65), "at most 64 characters"),
+        (lambda d: d.record("jazz", event="\ud800"), "event contains characters that are not"),
+        (lambda d: d.record("jazz", timestamp=2**80), "an int in 1970-2100"),
+        (lambda d: d.add_text("ok", item=["jazz"]), "unknown item ['jazz']"),
     ],
 )
 def test_bad_input_is_refused_and_changes_nothing(
@@ -254,6 +266,90 @@ def test_bad_input_is_refused_and_changes_nothing(
     assert message in str(raised.value)
     assert device._store.generation == generation and device._history == history
     np.testing.assert_array_equal(device.interest(), interest)
+
+
+def state_on_disk(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_bundle_of_another_model_is_refused_and_changes_nothing(
+    tmp_path: Path, device: Device, model: DeviceModel, signing: tuple[object, object]
+) -> None:
+    private, public = signing
+    other = bundle_blob(model, private, 1, dim=16)
+    with pytest.raises(BundleModelError, match="the bundle's items are 16-d, this device's model"):
+        Device.create(tmp_path / "new", KEY, model, public, other)  # type: ignore[arg-type]
+    assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())
+    Device.create(tmp_path / "new", KEY, model, public, bundle_blob(model, private, 1))  # type: ignore[arg-type]
+    device.record("jazz", timestamp=5)
+    before = state_on_disk(tmp_path / "dev")
+    with pytest.raises(BundleModelError, match="16-d"):
+        device.update_bundle(bundle_blob(model, private, 2, dim=16))
+    assert state_on_disk(tmp_path / "dev") == before
+    device.add_text("swing piano", timestamp=6)  # the device works on
+    with pytest.raises(DeviceInputError, match="model must be a DeviceModel"):
+        Device.create(tmp_path / "third", KEY, None, public, bundle_blob(model, private, 1))  # type: ignore[arg-type]
+    with pytest.raises(DeviceInputError, match="public_key must be the server's Ed25519PublicKey"):
+        Device.open(tmp_path / "dev", KEY, model, None)  # type: ignore[arg-type]
+    assert not (tmp_path / "third").exists()
+
+
+def test_a_create_that_fails_leaves_nothing_behind(
+    tmp_path: Path,
+    model: DeviceModel,
+    signing: tuple[object, object],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    private, public = signing
+    blob = bundle_blob(model, private, 1)
+
+    def fail(self: Device, bundle: ItemBundle) -> None:
+        raise MemoryError("no room for the index")
+
+    monkeypatch.setattr(Device, "_use_bundle", fail)
+    with pytest.raises(MemoryError):
+        Device.create(tmp_path / "new", KEY, model, public, blob)  # type: ignore[arg-type]
+    assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())
+    monkeypatch.undo()
+    Device.create(tmp_path / "new", KEY, model, public, blob).record("jazz", timestamp=1)  # type: ignore[arg-type]
+
+
+def test_a_rolled_back_or_missing_bundle_file_is_refused(
+    tmp_path: Path, device: Device, model: DeviceModel, signing: tuple[object, object]
+) -> None:
+    private, public = signing
+    folder = tmp_path / "dev"
+    old = (folder / "items.bundle").read_bytes()
+    device.record("jazz", timestamp=5)
+    device.update_bundle(bundle_blob(model, private, 3))
+    (folder / "items.bundle").write_bytes(old)  # version 1 put back
+    with pytest.raises(BundleError, match="version 1, older than the version 3 this device"):
+        Device.open(folder, KEY, model, public)  # type: ignore[arg-type]
+    (folder / "items.bundle").unlink()
+    with pytest.raises(StoreError, match=r"items\.bundle is missing"):
+        Device.open(folder, KEY, model, public)  # type: ignore[arg-type]
+
+
+def test_a_stale_or_forgotten_device_writes_no_bundle(
+    tmp_path: Path, device: Device, model: DeviceModel, signing: tuple[object, object]
+) -> None:
+    private, public = signing
+    folder = tmp_path / "dev"
+    stale = Device.open(folder, KEY, model, public)  # type: ignore[arg-type]
+    device.record("jazz", timestamp=5)
+    before = state_on_disk(folder)
+    with pytest.raises(StoreError, match="changed on disk since it was opened"):
+        stale.update_bundle(bundle_blob(model, private, 2))
+    assert state_on_disk(folder) == before
+    device.forget()
+    for call in (
+        lambda: device.update_bundle(bundle_blob(model, private, 2)),
+        lambda: device.recommend(),
+        lambda: device.export(),
+    ):
+        with pytest.raises(StoreError, match="was forgotten"):
+            call()
+    assert not folder.exists() or not any(folder.iterdir())
 
 
 def test_export_then_forget(

@@ -436,6 +436,26 @@ def test_a_changed_journal_frame_is_tampering(store: EncryptedStore) -> None:
         EncryptedStore(store.path, KEY)
 
 
+@pytest.mark.parametrize("bit", [0, 7, 31])
+def test_a_damaged_frame_length_is_tampering_not_a_torn_append(
+    store: EncryptedStore, bit: int
+) -> None:
+    """A length flipped to run past the end must not read as a torn last append, which would
+    cut off the frames after it: every frame keeps a check of its length."""
+    for event in (b"e1", b"e2", b"e3", b"e4"):
+        store.append("events", event)
+    file = journal_file(store)
+    blob = bytearray(file.read_bytes())
+    head = 32  # magic, store id, generation
+    second = head + (len(blob) - head) // 4  # the frames are of one size
+    length = int.from_bytes(blob[second : second + 4], "big") ^ (1 << bit)
+    blob[second : second + 4] = length.to_bytes(4, "big")
+    file.write_bytes(bytes(blob))
+    with pytest.raises(TamperedStoreError, match="journal frame 1's length is damaged"):
+        EncryptedStore(store.path, KEY)
+    assert file.read_bytes() == bytes(blob)  # nothing cut off
+
+
 def test_journal_frames_cannot_be_reordered(store: EncryptedStore) -> None:
     store.append("events", b"first")
     size = journal_file(store).stat().st_size
