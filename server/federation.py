@@ -163,7 +163,10 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
     if noise is not None:
         _log_user_noise(noise, sum(a.size for a in record_arrays(published).values()), settings)
     validated = ValidatedStrategy(
-        make_strategy(settings, noise), settings.max_update_norm, settings.min_update_share
+        make_strategy(settings, noise),
+        settings.max_update_norm,
+        settings.min_update_share,
+        settings.local.max_examples,
     )
     adam = server_adam(validated)
     if adam is not None and moments:

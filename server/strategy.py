@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -16,7 +15,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedrec.shared.federated.records import FROZEN_RECORD
 from fedrec.shared.federated.schedule import SCHEDULES, schedule_share
-from fedrec.shared.federated.validation import too_few_updates, update_problem
+from fedrec.shared.federated.validation import too_few_updates, update_problem, weight_problem
 
 logger = logging.getLogger(__name__)
 
@@ -187,16 +186,20 @@ class ScheduledStepStrategy(ReferenceStrategy):
 
 class ValidatedStrategy(ReferenceStrategy):
     """Delegates to ``inner``; a training reply whose arrays have the wrong names, shapes or
-    dtypes, non-finite values, an update norm above ``max_update_norm``, or no valid example
-    count is dropped with a logged reason (and kept in ``dropped``) before ``inner`` sees it.
-    A round in which fewer than ``min_update_share`` of the replies are usable updates (the
-    rest failed or were dropped) is not aggregated: the global model stays as it was. The
-    aggregate keeps the global weights' dtypes (Flower's FedAdam computes in float64, and the
-    next round's float32 updates would all be dropped against a float64 reference)."""
+    dtypes, non-finite values, an update norm above ``max_update_norm``, or aggregation weights
+    it cannot have (``weight_problem``: at most ``max_examples`` examples) is dropped with a
+    logged reason (and kept in ``dropped``) before ``inner`` sees it. A round in which fewer
+    than ``min_update_share`` of the replies are usable updates (the rest failed or were
+    dropped) is not aggregated: the global model stays as it was. The aggregate keeps the
+    global weights' dtypes (Flower's FedAdam computes in float64, and the next round's float32
+    updates would all be dropped against a float64 reference)."""
 
-    def __init__(self, inner: Strategy, max_update_norm: float, min_update_share: float) -> None:
+    def __init__(
+        self, inner: Strategy, max_update_norm: float, min_update_share: float, max_examples: int
+    ) -> None:
         super().__init__(inner)
         self.max_update_norm = max_update_norm
+        self.max_examples = max_examples
         self.min_update_share = min_update_share
         self.dropped: list[tuple[int, int, str]] = []  # (round, node, reason)
 
@@ -234,9 +237,9 @@ class ValidatedStrategy(ReferenceStrategy):
         content = reply.content
         if "arrays" not in content.array_records or "metrics" not in content.metric_records:
             return "the reply lacks its arrays or metrics"
-        count = content.metric_records["metrics"].get("num-examples")
-        if not isinstance(count, int | float) or not math.isfinite(count) or count < 1:
-            return f"bad num-examples {count!r}"
+        weights = weight_problem(content.metric_records["metrics"], self.max_examples)
+        if weights is not None:
+            return weights
         arrays = record_arrays(content.array_records["arrays"])
         return update_problem(self.reference, arrays, self.max_update_norm)
 

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from fedrec.shared.federated.validation import too_few_updates, update_problem
+from fedrec.shared.federated.validation import too_few_updates, update_problem, weight_problem
 
 REFERENCE = {"a": np.zeros((3, 4), np.float32), "b": np.ones(5, np.float32)}
 
@@ -45,3 +45,16 @@ def test_a_round_with_too_few_usable_updates_is_not_applied() -> None:
     reason = too_few_updates(usable=1, replies=120, min_share=0.5)
     assert reason == "1 of 120 updates usable, below min-update-share 0.5"
     assert too_few_updates(usable=0, replies=3, min_share=0.0) is None  # the check off
+
+
+def test_aggregation_weights_a_device_cannot_have_are_refused() -> None:
+    """FedAvg weighs an update by its example count: a device that claimed a billion would
+    outweigh every other; so would a device weight other than 1 under user-level DP."""
+    assert weight_problem({"num-examples": 128, "device-weight": 1}, max_examples=128) is None
+    assert weight_problem({"num-examples": 3.0, "device-weight": 1}, max_examples=128) is None
+    for count in (0, 129, 1e9, float("nan"), float("inf"), -5, None, "7", True):
+        problem = weight_problem({"num-examples": count, "device-weight": 1}, max_examples=128)
+        assert problem == f"bad num-examples {count!r}: a device trains on 1 to 128 examples"
+    for weight in (2, 0, 1e9, None, True):
+        problem = weight_problem({"num-examples": 5, "device-weight": weight}, max_examples=128)
+        assert problem == f"bad device-weight {weight!r}: every device weighs 1"

@@ -19,6 +19,24 @@ def too_few_updates(usable: int, replies: int, min_share: float) -> str | None:
     return None
 
 
+def weight_problem(metrics: Mapping[str, object], max_examples: int) -> str | None:
+    """Why a training reply's aggregation weights cannot be trusted, or None: its example
+    count must be 1 to ``max_examples`` (what a device trains on at most; FedAvg weighs it by
+    this, so an inflated count would let one device outweigh all others) and its
+    ``device-weight`` 1 (user-level DP weighs devices equally)."""
+    count = metrics.get("num-examples")
+    if (
+        isinstance(count, bool)
+        or not isinstance(count, int | float)
+        or not 1 <= count <= max_examples
+    ):
+        return f"bad num-examples {count!r}: a device trains on 1 to {max_examples} examples"
+    weight = metrics.get("device-weight")
+    if weight != 1 or isinstance(weight, bool):
+        return f"bad device-weight {weight!r}: every device weighs 1"
+    return None
+
+
 def update_problem(reference: Arrays, update: Arrays, max_norm: float) -> str | None:
     """Why ``update`` (a device's weights) cannot be aggregated against the global weights
     ``reference``, or None when it can: the same names, shapes and float dtypes, finite values,
