@@ -39,7 +39,7 @@ from fedrec.shared.bundle import (
     accept_bundle,
     verify_bundle,
 )
-from fedrec.shared.data.table import MAX_TEXT_CHARS, MAX_TIMESTAMP
+from fedrec.shared.data.table import MAX_TEXT_CHARS, MAX_TIMESTAMP, is_blank
 from fedrec.shared.encoder.model import TextEncoder
 from fedrec.shared.files import write_atomic
 from fedrec.shared.model.network import ITEM_EVENT, TEXT_EVENT, Recommender, UserState
@@ -487,7 +487,7 @@ def _checked_text(text: str | bytes) -> str:
     if not _is_utf8(text):
         raise DeviceInputError("text contains characters that are not valid UTF-8")
     text = unicodedata.normalize("NFC", text)
-    if not text.strip():
+    if is_blank(text):
         raise DeviceInputError("text is empty")
     if len(text) > MAX_TEXT_CHARS:
         raise DeviceInputError(

@@ -86,6 +86,25 @@ def test_export_refuses_a_folder_that_holds_a_data_set_or_is_a_file(tmp_path: Pa
     assert (tmp_path / "a-file").read_text() == "keep me"
 
 
+def test_a_folder_or_a_dangling_link_where_a_file_belongs_is_an_error(tmp_path: Path) -> None:
+    folder = good(tmp_path)
+    (folder / "texts.csv").unlink()
+    (folder / "texts.csv").symlink_to(tmp_path / "gone.csv")
+    with pytest.raises(DataError, match=r"texts\.csv: file not found \(a link to nothing\)"):
+        load_folder(folder)
+    (folder / "texts.csv").unlink()
+    (folder / "texts.csv").mkdir()
+    with pytest.raises(DataError, match=r"texts\.csv: is a folder, not a file"):
+        load_folder(folder)
+
+
+def test_json_numbers_in_float_form_are_whole_seconds(tmp_path: Path) -> None:
+    rows = '{"user_id": "u1", "item_id": "a", "timestamp": 1.7e9}\n'
+    rows += '{"user_id": "u1", "item_id": "b", "timestamp": 1700000100}\n'
+    data = load_folder(write(tmp_path / "d", items_csv=ITEMS, interactions_jsonl=rows))
+    assert data.interactions.timestamps.tolist() == [1_700_000_000, 1_700_000_100]
+
+
 def test_iso_timestamps_are_read_as_utc_seconds(tmp_path: Path) -> None:
     rows = "user_id,item_id,timestamp\nu1,a,1970-01-01T00:01:40\nu1,b,1970-01-01T01:00:00+01:00\n"
     data = load_folder(good(tmp_path, interactions_csv=rows))
@@ -132,6 +151,14 @@ BAD_INPUTS = {
         {"interactions_csv": "user_id,item_id,timestamp\nu1,a,5\nu1,b,-3\n"},
         "interactions.csv, line 3: timestamp -3 is outside 1970-2100 in Unix seconds",
     ),
+    "fractional timestamp": (
+        {"interactions_csv": "user_id,item_id,timestamp\nu1,a,5\nu1,b,1.5\n"},
+        "interactions.csv, line 3: timestamp '1.5' is not a whole number of Unix seconds",
+    ),
+    "timestamp beyond int64": (
+        {"interactions_csv": "user_id,item_id,timestamp\nu1,a,1" + "0" * 30 + "\n"},
+        "interactions.csv, line 2: timestamp 1" + "0" * 30 + " is outside 1970-2100",
+    ),
     "milliseconds": (
         {"interactions_csv": "user_id,item_id,timestamp\nu1,a,1445714994000\n"},
         "line 2: timestamp 1445714994000 is outside 1970-2100 in Unix seconds (milliseconds?",
@@ -139,6 +166,10 @@ BAD_INPUTS = {
     "empty text": (
         {"items_csv": 'item_id,text\na,Jazz\nb,"   "\n'},
         "items.csv, line 3: text is empty",
+    ),
+    "zero-width text": (
+        {"texts_csv": "user_id,timestamp,text\nu1,5,\u200b\u200d\n"},
+        "texts.csv, line 2: text is empty",
     ),
     "missing text": (
         {"texts_csv": "user_id,timestamp,text\nu1,5,\n"},

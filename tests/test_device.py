@@ -229,6 +229,7 @@ def test_newer_bundle_rebuilds_the_interest(
     [
         (lambda d: d.add_text(""), "text is empty"),
         (lambda d: d.add_text("   "), "text is empty"),
+        (lambda d: d.add_text("\u200b\u200b \n"), "text is empty"),
         (lambda d: d.add_text("x" * 10_001), "more than the 10,000 allowed"),
         (lambda d: d.add_text(b"caf\xe9"), "text is not valid UTF-8"),
         (lambda d: d.add_text("bad \ud800 surrogate"), "not valid UTF-8"),

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import math
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -100,17 +101,14 @@ class Table:
             )
         bad = np.flatnonzero((out < 0) | (out > MAX_TIMESTAMP))
         if len(bad):
-            row = int(bad[0])
-            value = int(out[row])
-            hint = " (milliseconds? fedrec expects seconds)" if value > MAX_TIMESTAMP else ""
-            raise self.error(row, f"{column} {value} is outside 1970-2100 in Unix seconds{hint}")
+            _check_range(self, int(bad[0]), column, int(out[bad[0]]))
         return out
 
     def texts(self, column: str, *, max_chars: int = MAX_TEXT_CHARS) -> list[str]:
         """A column of non-empty texts of at most ``max_chars`` characters."""
         values = self.columns[column]
         for row, value in enumerate(values):
-            if not value.strip():
+            if is_blank(value):
                 raise self.error(row, f"{column} is empty")
             if len(value) > max_chars:
                 raise self.error(
@@ -132,11 +130,40 @@ class Table:
         return out
 
 
-def _parse_timestamp(table: Table, row: int, column: str, value: str) -> int:
+def _number(value: str) -> tuple[int | None, float | None]:
+    """``value`` as an int, else as a float, else neither."""
     try:
-        return int(value)
+        return int(value), None
     except ValueError:
         pass
+    try:
+        return None, float(value)
+    except ValueError:
+        return None, None
+
+
+def is_blank(text: str) -> bool:
+    """Whether ``text`` shows nothing: only spaces, and format or control characters such as
+    zero-width spaces."""
+    return all(ch.isspace() or unicodedata.category(ch) in ("Cf", "Cc") for ch in text)
+
+
+def _check_range(table: Table, row: int, column: str, value: int) -> int:
+    """``value``, a timestamp that must be within 1970-2100 in Unix seconds."""
+    if 0 <= value <= MAX_TIMESTAMP:
+        return value
+    hint = " (milliseconds? fedrec expects seconds)" if value > MAX_TIMESTAMP else ""
+    raise table.error(row, f"{column} {value} is outside 1970-2100 in Unix seconds{hint}")
+
+
+def _parse_timestamp(table: Table, row: int, column: str, value: str) -> int:
+    whole, number = _number(value)
+    if whole is not None:
+        return _check_range(table, row, column, whole)
+    if number is not None:  # a number written as a float (JSON's 1.7e9): whole seconds only
+        if not (math.isfinite(number) and number.is_integer()):
+            raise table.error(row, f"{column} {value!r} is not a whole number of Unix seconds")
+        return _check_range(table, row, column, int(number))
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
@@ -151,7 +178,7 @@ def _parse_timestamp(table: Table, row: int, column: str, value: str) -> int:
 def find_file(folder: Path, stem: str) -> Path | None:
     """``folder/stem.csv`` or ``folder/stem.jsonl``, whichever exists; None if neither does."""
     found = [folder / f"{stem}{ext}" for ext in (".csv", ".jsonl")]
-    found = [path for path in found if path.exists()]
+    found = [path for path in found if path.exists() or path.is_symlink()]
     if len(found) > 1:
         raise DataError(f"both {stem}.csv and {stem}.jsonl exist; keep one", folder)
     return found[0] if found else None
@@ -168,8 +195,11 @@ def require_file(folder: Path, stem: str) -> Path:
 def read_table(path: Path, required: Sequence[str], optional: Sequence[str] = ()) -> Table:
     """Read a CSV (with a header row) or JSONL file; every required column must be present and
     non-empty on every row. Columns beyond ``required`` and ``optional`` are kept as they are."""
+    if path.is_dir():
+        raise DataError("is a folder, not a file", path)
     if not path.is_file():
-        raise DataError("file not found", path)
+        broken = " (a link to nothing)" if path.is_symlink() else ""
+        raise DataError(f"file not found{broken}", path)
     text = _decode(path)
     if path.suffix == ".jsonl":
         table = _read_jsonl(path, text)
