@@ -339,8 +339,8 @@ class Device:
         self._check_not_forgotten()
         bundle = _checked_bundle(accept_bundle(self._bundle, blob, self._public_key), self._model)
         offered = set(bundle.item_ids)
-        missing = [
-            e["item"] for e in self._history if e["kind"] == "item" and e["item"] not in offered
+        missing = [  # clicked items, and items texts are about
+            e["item"] for e in self._history if e["item"] is not None and e["item"] not in offered
         ]
         if missing:
             raise DeviceInputError(

@@ -55,10 +55,15 @@ def signing() -> tuple[object, object]:
 
 
 def bundle_blob(
-    model: DeviceModel, private: object, version: int, int8: bool = False, dim: int | None = None
+    model: DeviceModel,
+    private: object,
+    version: int,
+    int8: bool = False,
+    dim: int | None = None,
+    without: str | None = None,
 ) -> bytes:
     """A signed bundle of the catalog; ``dim`` keeps only that many of each vector's
-    components (another model's bundle)."""
+    components (another model's bundle); ``without`` leaves that item out."""
     features = model.encoder.encode(list(CATALOG.values()))
     with torch.no_grad():
         vectors = model.network.items(torch.from_numpy(features)).numpy()[:, :dim]
@@ -67,9 +72,14 @@ def bundle_blob(
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     from fedrec.shared.quantization import quantize_int8
 
+    keep = [i for i, item in enumerate(CATALOG) if item != without]
+    vectors = vectors[keep]
     embeddings = quantize_int8(vectors) if int8 else vectors.astype(np.float32)
     bundle = ItemBundle(
-        version=version, model="test", item_ids=list(CATALOG), embeddings=embeddings
+        version=version,
+        model="test",
+        item_ids=[item for item in CATALOG if item != without],
+        embeddings=embeddings,
     )
     return sign_bundle(bundle, private)  # type: ignore[arg-type]
 
@@ -313,6 +323,25 @@ def test_a_create_that_fails_leaves_nothing_behind(
     assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())
     monkeypatch.undo()
     Device.create(tmp_path / "new", KEY, model, public, blob).record("jazz", timestamp=1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("about", ["click", "text"])
+def test_a_bundle_without_an_item_of_the_history_is_refused(
+    tmp_path: Path,
+    device: Device,
+    model: DeviceModel,
+    signing: tuple[object, object],
+    about: str,
+) -> None:
+    if about == "click":
+        device.record("jazz", timestamp=5)
+    else:
+        device.add_text("swing piano chords", timestamp=5, item="jazz")
+    before = state_on_disk(tmp_path / "dev")
+    with pytest.raises(DeviceInputError, match=r"lacks items in this device's history: \['jazz'\]"):
+        device.update_bundle(bundle_blob(model, signing[0], 2, without="jazz"))
+    assert state_on_disk(tmp_path / "dev") == before
+    device.update_bundle(bundle_blob(model, signing[0], 2, without="moon"))
 
 
 def test_a_rolled_back_or_missing_bundle_file_is_refused(
