@@ -36,6 +36,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         ["privacy-study"],
         ["privacy-audit"],
         ["privacy-signal"],
+        ["update-norms"],
         ["pooled"],
     ],
 )

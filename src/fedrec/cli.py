@@ -194,6 +194,26 @@ def _privacy_signal(args: argparse.Namespace) -> int:
     return 0
 
 
+def _update_norms(args: argparse.Namespace) -> int:
+    from fedrec.shared.federated.local import PrivacyConfig
+    from fedrec.shared.federated.user_level import UserPrivacyConfig
+    from fedrec.simulations.update_norms import update_norms
+
+    # the devices of a user-level run: no record-level DP, training USER_DP_TRAINED by default
+    trained = {} if args.trained is None else {"local-trained": args.trained}
+    settings = _settings(
+        args,
+        trained,
+        privacy=PrivacyConfig(enabled=False),
+        user_privacy=UserPrivacyConfig(enabled=True),
+    )
+    result = update_norms(settings, args.sample, args.clip, seed=args.seed)
+    print("\n".join(result.lines()))
+    if args.json:
+        args.json.write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
+    return 0
+
+
 def _pooled(args: argparse.Namespace) -> int:
     from fedrec.shared.federated.local import PrivacyConfig
     from fedrec.simulations.pooled import pooled_optimizer, train_pooled
@@ -492,6 +512,29 @@ def _parser() -> argparse.ArgumentParser:
     signal.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
     signal.add_argument("--seed", type=int, default=0)
     signal.set_defaults(run=_privacy_signal)
+
+    norms = commands.add_parser(
+        "update-norms",
+        help="how long a device's round update is: choosing user-dp-clipping-norm",
+        description="At the initial weights, train a sample of devices for one round each as a "
+        "user-level run would (no record-level DP; the recency weights unless --trained says "
+        "otherwise) and print their update norms and, for each clipping norm, how much of it "
+        "the mean of the clipped updates keeps (docs/privacy.md).",
+    )
+    _federation_arguments(norms)
+    norms.add_argument("--trained", metavar="PARTS", help="trained parts (default: users.recency)")
+    norms.add_argument("--sample", type=int, default=50, help="devices to train (default 50)")
+    norms.add_argument(
+        "--clip",
+        type=float,
+        nargs="+",
+        default=[0.05, 0.1, 0.2, 0.5, 1.0],
+        metavar="C",
+        help="clipping norms to report",
+    )
+    norms.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
+    norms.add_argument("--seed", type=int, default=0)
+    norms.set_defaults(run=_update_norms)
 
     pooled = commands.add_parser(
         "pooled",
