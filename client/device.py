@@ -138,8 +138,8 @@ class Device:
             write_atomic(folder / BUNDLE_FILE, bundle_blob)
             return cls(folder, store, model, public_key, bundle)
         except BaseException:
-            forget_store(folder)
             (folder / BUNDLE_FILE).unlink(missing_ok=True)
+            forget_store(folder)  # and the folder, if that leaves it empty
             raise
 
     @classmethod
@@ -364,9 +364,8 @@ class Device:
 
     def forget(self) -> None:
         """Delete all of this person's local data (and the bundle). The device is unusable after."""
-        self._store.forget()
-        forget_store(self._folder)
         (self._folder / BUNDLE_FILE).unlink(missing_ok=True)
+        self._store.forget()  # the store's files, and the folder if that leaves it empty
         self._history = []
         self._forgotten = True
 

@@ -320,7 +320,7 @@ def test_a_create_that_fails_leaves_nothing_behind(
     monkeypatch.setattr(Device, "_use_bundle", fail)
     with pytest.raises(MemoryError):
         Device.create(tmp_path / "new", KEY, model, public, blob)  # type: ignore[arg-type]
-    assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())
+    assert not (tmp_path / "new").exists()
     monkeypatch.undo()
     Device.create(tmp_path / "new", KEY, model, public, blob).record("jazz", timestamp=1)  # type: ignore[arg-type]
 
@@ -392,7 +392,7 @@ def test_export_then_forget(
     assert exported["history"][0]["text"] == "film rangefinder advice"
     assert len(exported["interest"]) == 384
     device.forget()
-    assert not [p for p in (tmp_path / "dev").rglob("*") if p.is_file()]
+    assert not (tmp_path / "dev").exists()  # its files, then the folder they leave empty
     with pytest.raises(StoreNotFoundError):
         Device.open(tmp_path / "dev", KEY, model, signing[1])  # type: ignore[arg-type]
     assert os.path.exists(tmp_path)

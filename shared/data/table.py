@@ -130,16 +130,14 @@ class Table:
         return out
 
 
-def _number(value: str) -> tuple[int | None, float | None]:
-    """``value`` as an int, else as a float, else neither."""
-    try:
-        return int(value), None
-    except ValueError:
-        pass
-    try:
-        return None, float(value)
-    except ValueError:
-        return None, None
+def _as_number(value: str) -> int | float | None:
+    """``value`` as an int, else as a float, else None."""
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return None
 
 
 def is_blank(text: str) -> bool:
@@ -157,13 +155,13 @@ def _check_range(table: Table, row: int, column: str, value: int) -> int:
 
 
 def _parse_timestamp(table: Table, row: int, column: str, value: str) -> int:
-    whole, number = _number(value)
-    if whole is not None:
-        return _check_range(table, row, column, whole)
-    if number is not None:  # a number written as a float (JSON's 1.7e9): whole seconds only
+    number = _as_number(value)
+    if isinstance(number, float):  # a number written as a float (JSON's 1.7e9)
         if not (math.isfinite(number) and number.is_integer()):
             raise table.error(row, f"{column} {value!r} is not a whole number of Unix seconds")
-        return _check_range(table, row, column, int(number))
+        number = int(number)
+    if number is not None:
+        return _check_range(table, row, column, number)
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
