@@ -63,13 +63,13 @@ def update_norms(
     devices = sorted(
         int(p) for p in rng.choice(settings.devices, min(sample, settings.devices), replace=False)
     )
+    table, num_items = world.features.table, world.split.num_items
+    network = Recommender(settings.model)
     updates = []
     for partition in devices:
         examples = world.examples(partition, settings.local)
-        network = Recommender(settings.model)
-        network.load_state_dict(start)
+        network.load_state_dict(start)  # every device trains from the initial weights
         plan = plan_round(len(examples), settings.local, off, 1)
-        table, num_items = world.features.table, world.split.num_items
         train_local(network, table, num_items, examples, settings.local, off, plan, seed=partition)
         state = network.state_dict()
         updates.append(torch.cat([(state[n] - start[n]).flatten() for n in names]).double())

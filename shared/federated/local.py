@@ -34,6 +34,19 @@ Optimizer = Literal["adam", "sgd"]
 RDP_ORDERS: tuple[float, ...] = (*range(2, 64), 80, 96, 128, 192, 256)
 
 
+def check_dp_target(
+    level: str, target_epsilon: float, delta: float, norm_name: str, norm: float
+) -> None:
+    """A ValueError naming the first of a DP level's target epsilon, delta and clipping norm
+    (``norm_name``) that is out of range; ``level`` prefixes the message."""
+    if not target_epsilon > 0:
+        raise ValueError(f"{level}target_epsilon must be > 0, got {target_epsilon}")
+    if not 0 < delta < 1:
+        raise ValueError(f"{level}delta must be in (0, 1), got {delta}")
+    if not norm > 0:
+        raise ValueError(f"{level}{norm_name} must be > 0, got {norm}")
+
+
 @dataclass(frozen=True)
 class PrivacyConfig:
     """Record-level DP-SGD on a device. ``noise_multiplier`` None: the smallest that keeps the
@@ -47,12 +60,7 @@ class PrivacyConfig:
     noise_multiplier: float | None = None
 
     def __post_init__(self) -> None:
-        if not self.target_epsilon > 0:
-            raise ValueError(f"target_epsilon must be > 0, got {self.target_epsilon}")
-        if not 0 < self.delta < 1:
-            raise ValueError(f"delta must be in (0, 1), got {self.delta}")
-        if not self.max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+        check_dp_target("", self.target_epsilon, self.delta, "max_grad_norm", self.max_grad_norm)
         if self.accountant not in ("rdp", "prv"):
             raise ValueError(f"accountant must be 'rdp' or 'prv', got {self.accountant!r}")
         if self.noise_multiplier is not None and self.noise_multiplier <= 0:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import dp_accounting
 from dp_accounting import rdp
 
-from fedrec.shared.federated.local import RDP_ORDERS
+from fedrec.shared.federated.local import RDP_ORDERS, check_dp_target
 
 
 @dataclass(frozen=True)
@@ -39,12 +39,9 @@ class UserPrivacyConfig:
     clipping_norm: float = 0.2
 
     def __post_init__(self) -> None:
-        if not self.target_epsilon > 0:
-            raise ValueError(f"user-level target_epsilon must be > 0, got {self.target_epsilon}")
-        if not 0 < self.delta < 1:
-            raise ValueError(f"user-level delta must be in (0, 1), got {self.delta}")
-        if not self.clipping_norm > 0:
-            raise ValueError(f"user-level clipping_norm must be > 0, got {self.clipping_norm}")
+        check_dp_target(
+            "user-level ", self.target_epsilon, self.delta, "clipping_norm", self.clipping_norm
+        )
 
 
 def user_level_epsilon(
