@@ -5,7 +5,6 @@ resumed run must keep outside ``RESUMABLE_KEYS``."""
 from __future__ import annotations
 
 import io
-import json
 import logging
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from flwr.serverapp.strategy import FedAdam
 
 from fedrec.server.strategy import array_record, record_arrays
 from fedrec.shared.federated.settings import RESUMABLE_KEYS, FederationSettings, resume_conflicts
-from fedrec.shared.files import read_json, write_atomic
+from fedrec.shared.files import read_json, write_atomic, write_json
 from fedrec.shared.model.network import Recommender
 
 logger = logging.getLogger(__name__)
@@ -34,8 +33,7 @@ RUN_CONFIG = "run-config.json"
 
 def record_settings(out: Path, settings: FederationSettings) -> None:
     """Keep ``settings`` in the run folder, for ``check_resumable`` when the run resumes."""
-    text = json.dumps(settings.to_run_config(), indent=1) + "\n"
-    write_atomic(out / RUN_CONFIG, text.encode("utf-8"))
+    write_json(out / RUN_CONFIG, settings.to_run_config(), indent=1)
 
 
 def load_checkpoint(out: Path, network: Recommender) -> int:

@@ -60,7 +60,7 @@ from fedrec.shared.federated.user_level import (
     user_level_epsilon,
     user_noise_norm,
 )
-from fedrec.shared.files import read_json, read_json_lines, write_atomic
+from fedrec.shared.files import read_json, read_json_lines, write_atomic, write_json
 from fedrec.shared.model.network import Recommender, split_state
 from fedrec.shared.quantization import quantize_int8
 from fedrec.simulations.keys import ensure_secret
@@ -232,7 +232,7 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
             if isinstance(epsilon, int | float) and epsilon >= 0:
                 owner = device if isinstance(device, int) else reply.metadata.src_node_id
                 spent[str(owner)] = float(epsilon)
-        write_atomic(out / BUDGETS, (json.dumps(spent, indent=1) + "\n").encode("utf-8"))
+        write_json(out / BUDGETS, spent, indent=1)
         save_checkpoint(
             out, network, arrays if settings.average_decay else None, adam, server_round
         )
@@ -249,7 +249,7 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
             "wall_s": time.perf_counter() - started,
             "settings": settings.to_run_config(),
         }
-        (out / SUMMARY).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_json(out / SUMMARY, result)
     return result
 
 

@@ -14,7 +14,6 @@ folder. Two guarantees, reported side by side:
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import matplotlib.pyplot as plt
 
 from fedrec.server.federation import BUDGETS, METRICS, SUMMARY, read_metrics
 from fedrec.shared.federated.settings import FederationSettings
-from fedrec.shared.files import read_json
+from fedrec.shared.files import read_json, write_json
 
 #: An audit's figures in a run folder (``fedrec.simulations.audit`` writes them).
 AUDIT = "audit.json"
@@ -122,7 +121,7 @@ def privacy_report(folder: Path, compare: tuple[Path, ...] = ()) -> RunPrivacy:
     ``compare`` runs) into that folder; returns its figures."""
     run = read_run(folder)
     others = [read_run(other) for other in compare]
-    (folder / REPORT_JSON).write_text(json.dumps(asdict(run), indent=2) + "\n", encoding="utf-8")
+    write_json(folder / REPORT_JSON, asdict(run))
     (folder / REPORT_MD).write_text(_markdown(run, others), encoding="utf-8")
     _plot_rounds(run, folder / PLOTS[0])
     _plot_budgets(run, folder / PLOTS[1])

@@ -1,5 +1,5 @@
-"""Durable file writes (the device's store and bundle, the server's run folder), and reading
-the run folder's JSON files with errors that name the file and line."""
+"""Durable file writes (the device's store and bundle, the server's run folder, JSON results),
+and reading the run folder's JSON files with errors that name the file and line."""
 
 from __future__ import annotations
 
@@ -25,6 +25,12 @@ def write_atomic(file: Path, data: bytes, prefix: str | None = None, suffix: str
         Path(temp).unlink(missing_ok=True)
         raise
     fsync_dir(file.parent)
+
+
+def write_json(file: Path, value: Any, indent: int = 2) -> None:
+    """Write ``value`` to ``file`` as indented JSON with a final newline, all at once
+    (``write_atomic``)."""
+    write_atomic(file, (json.dumps(value, indent=indent) + "\n").encode("utf-8"))
 
 
 def fsync_dir(directory: Path) -> None:

@@ -5,13 +5,13 @@ the privacy report shows the result beside the theoretical epsilon."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 from fedrec.server.checkpoint import load_checkpoint
 from fedrec.server.privacy_report import AUDIT, privacy_report
 from fedrec.shared.federated.settings import FederationSettings
+from fedrec.shared.files import write_json
 from fedrec.shared.model.network import Recommender
 from fedrec.simulations.canaries import audit, make_canaries
 from fedrec.simulations.run import simulate
@@ -56,8 +56,8 @@ def run_audit(base: FederationSettings, out: Path) -> dict[str, Any]:
             "user_level_dp": user.enabled,
             "user_target_epsilon": user.target_epsilon if user.enabled else None,
         }
-        (Path(settings.out) / AUDIT).write_text(json.dumps(entry, indent=2) + "\n")
+        write_json(Path(settings.out) / AUDIT, entry)
         privacy_report(Path(settings.out))
         results[name] = entry
-    (out / AUDIT).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_json(out / AUDIT, results)
     return results

@@ -9,13 +9,13 @@ resumed, so an interrupted study continues), writes each run's privacy report, a
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fedrec.server.privacy_report import RunPrivacy, privacy_report
 from fedrec.shared.federated.settings import FederationSettings, user_level_local
+from fedrec.shared.files import write_json
 from fedrec.simulations.run import simulate
 
 #: The epsilons of the study (None: without DP).
@@ -68,7 +68,7 @@ def privacy_study(
         privacy_report(folder, tuple(f for f in folders if f != folder)) for folder in folders
     ]
     rows = [_row(run, report) for run, report in zip(runs, reports, strict=True)]
-    (out / "study.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    write_json(out / "study.json", rows)
     (out / "study.md").write_text(_table(base, rows), encoding="utf-8")
     return rows
 

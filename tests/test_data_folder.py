@@ -278,3 +278,13 @@ def test_jsonl_numbers_keep_their_value(tmp_path: Path) -> None:
     text = "\n".join(json.dumps(r) for r in rows) + "\n"
     data = load_folder(write(tmp_path / "j", items_csv=ITEMS, interactions_jsonl=text))
     assert data.user_ids[0] == "7" and data.interactions.values.tolist() == [0.1]
+
+
+def test_jsonl_ids_written_as_whole_floats_are_the_same_ids(tmp_path: Path) -> None:
+    rows = '{"user_id": 7.0, "item_id": "a", "timestamp": 12}\n'
+    rows += '{"user_id": "7", "item_id": "b", "timestamp": 13}\n'
+    rows += '{"user_id": 7, "item_id": "a", "timestamp": 14, "value": 2.5}\n'
+    data = load_folder(write(tmp_path / "j", items_csv=ITEMS, interactions_jsonl=rows))
+    assert data.user_ids == ["7"]
+    assert data.interactions.users.tolist() == [0, 0, 0]
+    assert data.interactions.values.tolist()[2] == 2.5

@@ -297,6 +297,8 @@ def _read_jsonl(path: Path, text: str) -> Table:
                 raise DataError(
                     f"{key} must be a string or a number, got {type(value).__name__}", path, number
                 )
+            elif isinstance(value, float) and value.is_integer():
+                row[key] = str(int(value))  # JSON's 7.0 is the number 7: the id "7"
             else:
                 row[key] = repr(value) if isinstance(value, float) else str(value)
             names.setdefault(key)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,6 +17,7 @@ from fedrec.shared.evaluation.metrics import (
     top_k,
 )
 from fedrec.shared.evaluation.split import Split
+from fedrec.shared.files import write_json
 
 
 class Recommender(Protocol):
@@ -71,7 +71,7 @@ class EvaluationResult:
         }
 
     def write_json(self, path: Path | str) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+        write_json(Path(path), self.to_json())
 
     def table(self) -> str:
         lines = [f"{self.model} on {self.data} ({self.users:,} users, {self.split})"]

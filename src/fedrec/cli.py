@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from fedrec.shared.encoder.config import EncoderConfig
 from fedrec.shared.evaluation.baselines import BASELINES, BaselineConfig
 from fedrec.shared.evaluation.harness import EvaluationConfig, EvaluationResult
 from fedrec.shared.evaluation.run import run_baseline, run_central
+from fedrec.shared.files import write_json
 from fedrec.shared.model.network import ModelConfig
 from fedrec.shared.model.training import TrainConfig
 
@@ -190,7 +190,7 @@ def _privacy_signal(args: argparse.Namespace) -> int:
         print(result.line())
     if args.json:
         rows = [dataclasses.asdict(result) for result in results]
-        args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+        write_json(args.json, rows)
     return 0
 
 
@@ -210,7 +210,7 @@ def _update_norms(args: argparse.Namespace) -> int:
     result = update_norms(settings, args.sample, args.clip, seed=args.seed)
     print("\n".join(result.lines()))
     if args.json:
-        args.json.write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
+        write_json(args.json, dataclasses.asdict(result))
     return 0
 
 
@@ -243,7 +243,7 @@ def _pooled(args: argparse.Namespace) -> int:
         f"{dp}; {result.wall_s:.0f} s"
     )
     if args.json:
-        args.json.write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+        write_json(args.json, result.to_json())
         print(f"wrote {args.json}")
     return 0
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar
+
+from fedrec.shared.files import write_json
 
 
 class BenchmarkReport:
@@ -18,7 +19,7 @@ class BenchmarkReport:
         return {**figures, "targets": {name: list(t) for name, t in self.TARGETS.items()}}
 
     def write_json(self, path: Path | str) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+        write_json(Path(path), self.to_json())
 
     def verdict(self, name: str, value: float) -> str:
         """``"   target <= 5: met"`` (or MISSED) for a figure with a target, else ``""``."""

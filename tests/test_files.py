@@ -1,0 +1,55 @@
+"""Durable writes and the run folder's JSON readers (fedrec.shared.files)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fedrec.shared.files import read_json, read_json_lines, write_atomic, write_json
+
+
+def test_write_json_round_trips_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    target = tmp_path / "summary.json"
+    write_json(target, {"hr@10": 0.25, "rounds": [1, 2]})
+    write_json(target, {"hr@10": 0.5})
+    assert read_json(target) == {"hr@10": 0.5}
+    assert target.read_text(encoding="utf-8").endswith("}\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch) -> None:
+    target = tmp_path / "budgets.json"
+    write_json(target, {"0": 1.5})
+
+    with pytest.raises(TypeError):
+        write_json(target, {"0": object()})  # not JSON: nothing is written
+
+    def crash(src: str, dst: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(target, b"{}")
+    assert read_json(target) == {"0": 1.5}
+    assert [p.name for p in tmp_path.iterdir()] == ["budgets.json"]
+
+
+def test_read_json_names_the_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "privacy.json"
+    bad.write_text('{\n  "epsilon": ,\n}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"privacy\.json, line 2: invalid JSON"):
+        read_json(bad)
+
+
+def test_read_json_lines_names_the_first_bad_line(tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"round": 1}\n\n[2]\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"line 3: expected a JSON object"):
+        read_json_lines(metrics)
+    metrics.write_text('{"round": 1}\n{"loss": 2}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"line 2: missing round"):
+        read_json_lines(metrics, keys=("round",))
+    metrics.write_text('{"round": 1}\n\n{"round": 2}\n', encoding="utf-8")
+    assert read_json_lines(metrics, keys=("round",)) == [{"round": 1}, {"round": 2}]
