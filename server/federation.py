@@ -61,7 +61,7 @@ from fedrec.shared.federated.user_level import (
     user_noise_norm,
 )
 from fedrec.shared.files import read_json, read_json_lines, write_atomic, write_json
-from fedrec.shared.model.network import Recommender, split_state
+from fedrec.shared.model.network import Recommender, initial_network, split_state
 from fedrec.shared.quantization import quantize_int8
 from fedrec.simulations.keys import ensure_secret
 from fedrec.simulations.world import World, load_world
@@ -148,8 +148,7 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
     ensure_secret(out)
     started = time.perf_counter()
     world = load_world(settings.data, settings.devices)
-    torch.manual_seed(settings.seed)
-    network = Recommender(settings.model)
+    network = initial_network(settings.model, settings.seed)
     done, training, moments = resume(out, network)
     first = done + 1
     if first == 1:

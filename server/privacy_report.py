@@ -178,14 +178,20 @@ def _markdown(run: RunPrivacy, others: list[RunPrivacy]) -> str:
         )
     if run.audit is not None:
         audit = run.audit
+        chance = (
+            f" The same attack on the initial weights, before any training, gets AUC "
+            f"{audit['untrained_auc']:.3f}: its chance level for these canaries."
+            if "untrained_auc" in audit  # audits before 2026-11-24 did not attack them
+            else ""
+        )
         lines += [
             "",
             f"Empirical audit ({audit['canaries']} canaries planted {audit['repeats']} times "
             f"each, as many controls): an attacker who sees the published model tells planted "
             f"canaries from controls with AUC **{audit['auc']:.3f}** (0.5 is guessing); mean "
             f"rank of a canary's item {audit['planted_mean_rank']:.0f} planted, "
-            f"{audit['control_mean_rank']:.0f} not. Each canary is {audit['repeats']} records "
-            "of one user: user-level DP covers it whole, record-level DP as a group.",
+            f"{audit['control_mean_rank']:.0f} not.{chance} Each canary is {audit['repeats']} "
+            "records of one user: user-level DP covers it whole, record-level DP as a group.",
         ]
     if others:
         lines += ["", "Runs compared (utility against epsilon):", ""]

@@ -12,11 +12,14 @@ from fedrec.server.checkpoint import load_checkpoint
 from fedrec.server.privacy_report import AUDIT, privacy_report
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.files import write_json
-from fedrec.shared.model.network import Recommender
+from fedrec.shared.model.network import Recommender, initial_network
 from fedrec.simulations.canaries import audit, make_canaries
 from fedrec.simulations.run import simulate
 from fedrec.simulations.study import StudyRun
 from fedrec.simulations.world import load_world
+
+#: The key of the attack on the initial weights in ``out/audit.json``.
+UNTRAINED = "untrained"
 
 
 def audit_runs(base: FederationSettings, out: Path) -> dict[str, FederationSettings]:
@@ -33,14 +36,16 @@ def audit_runs(base: FederationSettings, out: Path) -> dict[str, FederationSetti
 
 def run_audit(base: FederationSettings, out: Path) -> dict[str, Any]:
     """Plant ``base.canaries`` canaries, train each of ``audit_runs`` and attack its published
-    model. Writes ``audit.json`` into each run folder (the privacy report shows it) and
+    model, and the initial weights (``untrained``: the attack's chance level for this draw of
+    canaries). Writes ``audit.json`` into each run folder (the privacy report shows it) and
     ``out/audit.json``; returns the latter's content."""
     if base.canaries < 1:
         raise ValueError("an audit needs canaries: set canaries >= 1")
     world = load_world(base.data, base.devices)
     canaries = make_canaries(world.split.num_items, base.devices, base.canaries, base.seed)
     items = world.features.table[: world.split.num_items]
-    results: dict[str, Any] = {}
+    untrained = audit(initial_network(base.model, base.seed), items, canaries)
+    results: dict[str, Any] = {UNTRAINED: dataclasses.asdict(untrained)}
     for name, settings in audit_runs(base, out).items():
         simulate(settings)
         network = Recommender(settings.model)
@@ -49,6 +54,7 @@ def run_audit(base: FederationSettings, out: Path) -> dict[str, Any]:
         record, user = settings.privacy, settings.user_privacy
         entry = {
             **dataclasses.asdict(found),
+            "untrained_auc": untrained.auc,
             "canaries": settings.canaries,
             "repeats": settings.canary_repeats,
             "record_level_dp": record.enabled,

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from fedrec.shared.federated.local import ExampleScorer, plan_round
 from fedrec.shared.federated.settings import FederationSettings
-from fedrec.shared.model.network import Recommender, trained_names
+from fedrec.shared.model.network import Recommender, initial_network, trained_names
 from fedrec.simulations.world import World, load_world
 
 
@@ -132,8 +132,7 @@ def dp_signal(
     if not settings.privacy.enabled:
         raise ValueError("the noise-to-signal ratio needs DP-SGD on")
     world = load_world(settings.data, settings.devices)
-    torch.manual_seed(settings.seed)
-    network = Recommender(settings.model)
+    network = initial_network(settings.model, settings.seed)
     counts = [len(world.examples(p, settings.local)) for p in range(settings.devices)]
     planned = settings.planned_participations
     plans = [plan_round(n, settings.local, settings.privacy, planned) for n in counts if n]

@@ -20,13 +20,12 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
-import torch
 
 from fedrec.shared.evaluation.harness import EvaluationConfig, EvaluationResult, evaluate
 from fedrec.shared.federated.examples import DeviceExamples
 from fedrec.shared.federated.local import LocalConfig, plan_round, train_local
 from fedrec.shared.federated.settings import FederationSettings
-from fedrec.shared.model.network import Recommender
+from fedrec.shared.model.network import initial_network
 from fedrec.simulations.world import World, load_world
 
 
@@ -106,8 +105,7 @@ def train_pooled(
     started = time.perf_counter()
     world = load_world(settings.data, settings.devices)
     examples = pooled_examples(world, settings.devices, settings.local)
-    torch.manual_seed(settings.seed)
-    network = Recommender(settings.model)
+    network = initial_network(settings.model, settings.seed)
     plan = plan_round(len(examples), settings.local, settings.privacy, planned_rounds=1)
     result = train_local(
         network,

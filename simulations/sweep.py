@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from fedrec.shared.federated.schedule import SCHEDULES, Schedule, schedule_share
-from fedrec.shared.model.network import ModelConfig, Recommender, trained_names
+from fedrec.shared.model.network import ModelConfig, Recommender, initial_network, trained_names
 
 if TYPE_CHECKING:  # Opacus is needed only for private sweeps
     from fedrec.shared.federated.local import RoundPlan
@@ -160,8 +160,7 @@ def pack(data: str, devices: int, max_examples: int = 256, history: int = 200) -
         history_types[position, :n] = sequences.types[latest]
         history_lengths[position] = n
         allowed[position, split.history(position)] = False
-    torch.manual_seed(settings.seed)
-    network = Recommender(settings.model)
+    network = initial_network(settings.model, settings.seed)
     return SweepData(
         table=world.features.table.float(),
         num_items=split.num_items,

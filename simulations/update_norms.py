@@ -20,7 +20,7 @@ import torch
 
 from fedrec.shared.federated.local import PrivacyConfig, plan_round, train_local
 from fedrec.shared.federated.settings import FederationSettings
-from fedrec.shared.model.network import Recommender, trained_names
+from fedrec.shared.model.network import Recommender, initial_network, trained_names
 from fedrec.simulations.world import load_world
 
 
@@ -54,8 +54,7 @@ def update_norms(
     if sample < 1 or not clipping_norms or min(clipping_norms) <= 0:
         raise ValueError("update norms need sample >= 1 and positive clipping norms")
     world = load_world(settings.data, settings.devices)
-    torch.manual_seed(settings.seed)
-    initial = Recommender(settings.model)
+    initial = initial_network(settings.model, settings.seed)
     names = trained_names(initial, settings.local.trained)
     start = {name: value.detach().clone() for name, value in initial.state_dict().items()}
     off = PrivacyConfig(enabled=False)

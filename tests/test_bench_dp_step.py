@@ -42,6 +42,10 @@ def test_bad_sizes_are_refused() -> None:
 @pytest.mark.slow
 def test_command_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "dp-step.json"
-    assert main(["bench", "dp-step", "--items", "200", "--json", str(out)]) == 0
+    command = ["bench", "dp-step", "--items", "200", "--batch-size", "16", "--rounds", "2"]
+    assert main([*command, "--json", str(out)]) == 0
     assert "same_gradients" in capsys.readouterr().out
-    assert json.loads(out.read_text(encoding="utf-8"))["n_items"] == 200
+    written = json.loads(out.read_text(encoding="utf-8"))
+    assert (written["n_items"], written["batch_size"], written["rounds"]) == (200, 16, 2)
+    assert main(["bench", "dp-step", "--rounds", "0"]) == 2
+    assert "at least 1 round" in capsys.readouterr().err

@@ -1,8 +1,10 @@
 """The privacy audit: planting canaries, an attack that finds memorised ones, and the
-federations it trains."""
+federations it trains and attacks."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +14,10 @@ import torch
 from fedrec.shared.federated.examples import DeviceExamples
 from fedrec.shared.federated.local import LocalConfig, PrivacyConfig, plan_round, train_local
 from fedrec.shared.federated.settings import FederationSettings
-from fedrec.shared.model.network import ModelConfig, Recommender
-from fedrec.simulations.audit import audit_runs
+from fedrec.shared.model.network import ModelConfig, Recommender, initial_network
+from fedrec.simulations.audit import UNTRAINED, audit_runs, run_audit
 from fedrec.simulations.canaries import audit, make_canaries, plant
+from fedrec.simulations.world import load_world
 
 ITEMS = 40
 SMALL = ModelConfig(feature_dim=12, item_dim=12, hidden_dim=8, pool_window=3, start_events=1)
@@ -74,3 +77,35 @@ def test_the_audit_trains_without_dp_and_at_each_level_alone(tmp_path: Path) -> 
     assert runs["user-dp"].user_privacy.target_epsilon == 5.0
     assert {s.out for s in runs.values()} == {str(tmp_path / n) for n in runs}
     assert {s.canaries for s in runs.values()} == {4}
+
+
+@pytest.mark.slow
+def test_the_audit_attacks_each_trained_model_and_the_initial_weights(tmp_path: Path) -> None:
+    base = FederationSettings(
+        data="demo",
+        devices=3,
+        rounds=1,
+        canaries=2,
+        canary_repeats=4,
+        model=ModelConfig(hidden_dim=16, pool_window=5),
+        local=LocalConfig(batch_size=8, negatives=10, max_examples=24, context=5),
+    )
+    results = run_audit(base, tmp_path)
+    assert list(results) == [UNTRAINED, "no-dp", "dp", "user-dp"]
+    world = load_world("demo", 3)
+    canaries = make_canaries(world.split.num_items, 3, 2, base.seed)
+    initial = audit(
+        initial_network(base.model, base.seed),
+        world.features.table[: world.split.num_items],
+        canaries,
+    )
+    assert results[UNTRAINED] == dataclasses.asdict(initial)
+    for name in ("no-dp", "dp", "user-dp"):
+        entry = json.loads((tmp_path / name / "audit.json").read_text(encoding="utf-8"))
+        assert entry == results[name] and entry["untrained_auc"] == initial.auc
+        assert (entry["planted"], entry["controls"]) == (2, 2)
+        report = (tmp_path / name / "privacy.md").read_text(encoding="utf-8")
+        assert f"AUC **{entry['auc']:.3f}**" in report
+        assert f"before any training, gets AUC {initial.auc:.3f}" in report
+    assert results["dp"]["record_level_dp"] and results["user-dp"]["user_level_dp"]
+    assert json.loads((tmp_path / "audit.json").read_text(encoding="utf-8")) == results

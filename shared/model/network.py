@@ -234,3 +234,11 @@ class Recommender(nn.Module):
     def logits(self, interests: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
         """Cosine scores divided by the temperature, ``(..., num_items)``."""
         return interests @ item_vectors.T / self.config.temperature
+
+
+def initial_network(config: ModelConfig, seed: int) -> Recommender:
+    """The network a run starts from: ``config``'s initial weights drawn after seeding torch's
+    global generator with ``seed`` (the server, the devices' plans and the measurements share
+    them)."""
+    torch.manual_seed(seed)
+    return Recommender(config)

@@ -249,7 +249,8 @@ def _pooled(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    result = args.benchmark(n_items=args.items, seed=args.seed)
+    options = {name: getattr(args, name) for name in args.options}
+    result = args.benchmark(n_items=args.items, seed=args.seed, **options)
     print(result.table())
     _write_json(result, args.json)
     return 0
@@ -592,7 +593,7 @@ def _parser() -> argparse.ArgumentParser:
             9_742,
             "training: a DP-SGD step with Opacus' DPLSTM vs the per-example LSTM",
             "One DP-SGD step of the federated network (forward, per-example gradients, "
-            "clipping, noise, update) on batches of 1,024 synthetic examples, with Opacus' "
+            "clipping, noise, update) on batches of synthetic examples, with Opacus' "
             "DPLSTM against PerExampleLSTM (what training uses); both must give the same "
             "clipped gradient.",
         ),
@@ -613,7 +614,13 @@ def _parser() -> argparse.ArgumentParser:
             "--items", type=int, default=items, help=f"catalog size (default {default})"
         )
         one.add_argument("--seed", type=int, default=0)
-        one.set_defaults(run=_bench, benchmark=benchmark)
+        one.set_defaults(run=_bench, benchmark=benchmark, options=())
+        if name == "dp-step":
+            one.add_argument(
+                "--batch-size", type=int, default=1024, help="examples a step (default 1024)"
+            )
+            one.add_argument("--rounds", type=int, default=3, help="timed steps (default 3)")
+            one.set_defaults(options=("batch_size", "rounds"))
 
     data = commands.add_parser(
         "data", help="inspect or convert data sets", description="Inspect or convert data sets."
