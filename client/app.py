@@ -33,7 +33,7 @@ from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.model.network import Recommender, split_state
 from fedrec.simulations.canaries import make_canaries, plant
 from fedrec.simulations.keys import device_key
-from fedrec.simulations.world import load_world
+from fedrec.simulations.world import federation_world
 
 #: The device's privacy ledger in its encrypted store (``fedrec.shared.federated.ledger``).
 LEDGER_RECORD = "privacy/ledger"
@@ -86,7 +86,7 @@ def train_device(settings: FederationSettings, partition: int, content: RecordDi
     budget, and says in every reply whether it can afford another (``budget-exhausted``) and
     which device it is (``device``: its partition id, which a restart keeps, unlike Flower's
     node id)."""
-    world = load_world(settings.data, settings.devices)
+    world = federation_world(settings)
     user = world.user_of(partition)
     network = _global_network(settings, content)
     server_round = content.config_records["config"].get("server-round", 0)
@@ -168,7 +168,7 @@ def evaluate_device(
 ) -> RecordDict:
     """Device ``partition`` ranks the catalog with the global weights; the reply holds only
     the metrics of its held-out item (as one example)."""
-    world = load_world(settings.data, settings.devices)
+    world = federation_world(settings)
     position = world.position_of(partition)
     scorer = world.recommender(_global_network(settings, content), "device")
     ranks, top = rank_users(scorer, world.split, np.array([position]))
@@ -178,8 +178,13 @@ def evaluate_device(
     return RecordDict({"metrics": MetricRecord({**metrics, **weights})})
 
 
+def device_folder(out: Path, user_id: str) -> Path:
+    """Where the simulated device of ``user_id`` keeps its store in run folder ``out``."""
+    return out / "devices" / user_id
+
+
 def _device_store(settings: FederationSettings, user_id: str) -> EncryptedStore:
-    folder = Path(settings.out) / "devices" / user_id
+    folder = device_folder(Path(settings.out), user_id)
     key = device_key(Path(settings.out), user_id)
     try:
         return EncryptedStore(folder, key)

@@ -5,7 +5,7 @@ resumed run must keep outside ``RESUMABLE_KEYS``."""
 from __future__ import annotations
 
 import io
-import logging
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +17,8 @@ from flwr.serverapp.strategy import FedAdam
 from fedrec.server.strategy import array_record, record_arrays
 from fedrec.shared.federated.settings import RESUMABLE_KEYS, FederationSettings, resume_conflicts
 from fedrec.shared.files import read_json, write_atomic, write_json
-from fedrec.shared.model.network import Recommender
-
-logger = logging.getLogger(__name__)
+from fedrec.shared.model.network import Recommender, initial_network
+from fedrec.simulations.keys import SECRET_FILE
 
 CHECKPOINT = "checkpoint.npz"
 #: The prefix of the weights devices train from in a checkpoint, where they differ from the
@@ -53,9 +52,7 @@ def resume(out: Path, network: Recommender) -> tuple[int, ArrayRecord | None, Mo
     path = out / CHECKPOINT
     if not path.exists():
         return 0, None, {}
-    with np.load(path) as saved:
-        arrays = {k: saved[k] for k in saved.files if k != "__round__"}
-        done = int(saved["__round__"])
+    done, arrays = _read_checkpoint(path)
     training = {k.removeprefix(TRAINING): v for k, v in arrays.items() if k.startswith(TRAINING)}
     moments: Moments = {}
     for key, value in arrays.items():
@@ -63,18 +60,55 @@ def resume(out: Path, network: Recommender) -> tuple[int, ArrayRecord | None, Mo
             kind, _, name = key.removeprefix(SERVER_ADAM).partition("/")
             moments.setdefault(kind, {})[name] = value
     state = {k: torch.from_numpy(v) for k, v in arrays.items() if "/" not in k}
-    network.load_state_dict(state)
-    logger.info("resuming after round %d from %s", done, path)
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{path} does not hold this run's network: {err}") from None
     return done, array_record(training) if training else None, moments
 
 
+def _read_checkpoint(path: Path) -> tuple[int, dict[str, npt.NDArray[np.generic]]]:
+    """The round and arrays of checkpoint ``path``; a ValueError naming it when it is damaged."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            arrays = {k: saved[k] for k in saved.files if k != "__round__"}
+            done = int(saved["__round__"])
+    except (OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as err:
+        raise ValueError(
+            f"{path} is damaged ({type(err).__name__}: {err}): restore it from a backup, or "
+            "start the run in another folder"
+        ) from None
+    if done < 1:
+        raise ValueError(f"{path} is damaged: its round is {done}")
+    return done, arrays
+
+
 def check_resumable(out: Path, settings: FederationSettings) -> None:
-    """A ValueError when the run in ``out`` has a checkpoint and ``settings`` change what it
-    started with outside ``RESUMABLE_KEYS``."""
-    path = out / RUN_CONFIG
-    if not ((out / CHECKPOINT).exists() and path.exists()):
+    """A ValueError when the run in ``out`` has a checkpoint that ``settings`` cannot resume:
+    a damaged one, one of another network, one past ``settings.rounds``, one whose devices'
+    key (``simulation.key``) is gone, or settings that change what the run started with
+    outside ``RESUMABLE_KEYS``."""
+    if not (out / CHECKPOINT).exists():
         return
-    conflicts = resume_conflicts(read_json(path), settings)
+    done = resume(out, initial_network(settings.model, settings.seed))[0]
+    if done > settings.rounds:
+        raise ValueError(
+            f"{out} holds a run that has done {done} rounds, more than the {settings.rounds} "
+            f"asked: ask for {done} or more to go on with it"
+        )
+    if not (out / SECRET_FILE).exists():
+        raise ValueError(
+            f"{out / SECRET_FILE} is missing: without it the devices of the run in {out} "
+            "cannot open their stores (and ledgers); restore it, or start the run in another "
+            "folder"
+        )
+    path = out / RUN_CONFIG
+    if not path.exists():
+        return
+    started = read_json(path)
+    if not isinstance(started, dict):
+        raise ValueError(f"{path}: expected a JSON object of run-config keys")
+    conflicts = resume_conflicts(started, settings)
     if conflicts:
         raise ValueError(
             f"{out} holds a run with other settings ({'; '.join(conflicts)}); a resumed run may "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import statistics
 import time
 from dataclasses import dataclass, fields
@@ -30,6 +31,7 @@ from flwr.serverapp.strategy import (
 
 from fedrec.server.averaging import average_weight, moving_average
 from fedrec.server.checkpoint import (
+    CHECKPOINT,
     check_resumable,
     checked_moments,
     record_settings,
@@ -64,7 +66,7 @@ from fedrec.shared.files import read_json, read_json_lines, write_atomic, write_
 from fedrec.shared.model.network import Recommender, initial_network, split_state
 from fedrec.shared.quantization import quantize_int8
 from fedrec.simulations.keys import ensure_secret
-from fedrec.simulations.world import World, load_world
+from fedrec.simulations.world import World, federation_world
 
 logger = logging.getLogger(__name__)
 
@@ -142,19 +144,20 @@ def _aggregation(settings: FederationSettings, user_noise: float | None) -> Stra
 def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
     """Run (or resume) the federation; returns what ``summary.json`` holds."""
     out = Path(settings.out)
+    check_run_folder(out, settings)
     out.mkdir(parents=True, exist_ok=True)
-    check_resumable(out, settings)
     record_settings(out, settings)
     ensure_secret(out)
     started = time.perf_counter()
-    world = load_world(settings.data, settings.devices)
+    world = federation_world(settings)
     network = initial_network(settings.model, settings.seed)
     done, training, moments = resume(out, network)
+    if done:
+        logger.info("resuming after round %d from %s", done, out / CHECKPOINT)
     first = done + 1
     if first == 1:
-        (out / METRICS).unlink(missing_ok=True)
-        (out / BUDGETS).unlink(missing_ok=True)
-    spent = _load_budgets(out)
+        (out / BUDGETS).unlink(missing_ok=True)  # of a round 1 that did not finish
+    spent = load_budgets(out)
     user_noises = recorded_user_noises(out)
     noise = user_level_noise(settings, user_noises)
     published, frozen = (ArrayRecord(s) for s in split_state(network, settings.local.trained))
@@ -317,12 +320,37 @@ def server_adam(strategy: Strategy) -> FedAdam | None:
     return strategy
 
 
-def _load_budgets(out: Path) -> dict[str, float]:
+def check_run_folder(out: Path, settings: FederationSettings) -> None:
+    """A ValueError, before anything runs, when ``out`` cannot hold the run ``settings``
+    describe: a file; the files of an earlier run without its checkpoint (starting over would
+    overwrite them); a checkpoint that ``check_resumable`` refuses; a damaged ``budgets.json``."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the run folder {out} is a file, not a folder")
+    if not (out / CHECKPOINT).exists():
+        earlier = [name for name in (METRICS, SUMMARY) if (out / name).exists()]
+        if earlier:
+            raise ValueError(
+                f"{out} holds an earlier run ({', '.join(earlier)}) but not its "
+                f"{CHECKPOINT}, so it cannot go on, and starting over would overwrite it: "
+                "restore the checkpoint, or start the run in another folder"
+            )
+    check_resumable(out, settings)
+    load_budgets(out)
+
+
+def load_budgets(out: Path) -> dict[str, float]:
+    """The epsilon each device has spent in the run (by partition id) from ``budgets.json``
+    (none without one); a ValueError naming the file when it is not such a record."""
     path = out / BUDGETS
     if not path.exists():
         return {}
-    saved: dict[str, float] = read_json(path)
-    return saved
+    saved = read_json(path)
+    if not isinstance(saved, dict) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < math.inf
+        for v in saved.values()
+    ):
+        raise ValueError(f"{path}: expected a JSON object of device ids to the epsilon spent")
+    return {str(k): float(v) for k, v in saved.items()}
 
 
 def _scalars(record: MetricRecord | None) -> dict[str, float] | None:

@@ -14,6 +14,7 @@ folder. Two guarantees, reported side by side:
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from fedrec.server.federation import BUDGETS, METRICS, SUMMARY, read_metrics
+from fedrec.server.federation import BUDGETS, METRICS, SUMMARY, load_budgets, read_metrics
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.files import read_json, write_json
 
@@ -61,15 +62,30 @@ def read_run(folder: Path) -> RunPrivacy:
         raise ValueError(
             f"{folder / SUMMARY}: not a fedrec run's summary (settings, metrics, ci95)"
         )
-    settings = FederationSettings.from_run_config(summary["settings"])
+    where = folder / SUMMARY
+    settings = FederationSettings.from_run_config(_object(summary["settings"], f"{where} settings"))
     lines = read_metrics(folder)
     if not lines:
         raise ValueError(f"{folder / METRICS} has no rounds")
-    budgets_file = folder / BUDGETS
-    budgets = read_json(budgets_file) if budgets_file.exists() else {}
-    spent = sorted(float(v) for v in budgets.values())
+    for line in lines:
+        _check_round(folder / METRICS, line, settings.user_privacy.enabled)
+    for name in ("metrics", "ci95"):
+        _object(summary[name], f"{where} {name}")
+    for key in ("hr@10", "ndcg@10"):
+        _number(summary["metrics"].get(key), f"{where} metrics {key}")
+        bounds = summary["ci95"].get(key)
+        if not (isinstance(bounds, list) and len(bounds) == 2):
+            raise ValueError(f"{where} ci95 {key} must be [low, high], got {bounds!r}")
+        for bound in bounds:
+            _number(bound, f"{where} ci95 {key}")
+    spent = sorted(load_budgets(folder).values())
+    if settings.privacy.enabled and not spent:
+        raise ValueError(
+            f"{folder} is a run with record-level DP, but its {BUDGETS} is missing or empty: "
+            "the epsilons its devices spent are not recorded"
+        )
     record = None
-    if settings.privacy.enabled and spent:
+    if settings.privacy.enabled:
         record = {
             "epsilon_max": spent[-1],
             "epsilon_median": statistics.median(spent),
@@ -112,8 +128,47 @@ def read_run(folder: Path) -> RunPrivacy:
         per_round=per_round,
         utility={k: summary["metrics"][k] for k in ("hr@10", "ndcg@10")},
         ci95={k: summary["ci95"][k] for k in ("hr@10", "ndcg@10")},
-        audit=read_json(folder / AUDIT) if (folder / AUDIT).exists() else None,
+        audit=_read_audit(folder / AUDIT) if (folder / AUDIT).exists() else None,
     )
+
+
+#: What an audit's figures in a run folder must hold (``fedrec.simulations.audit``).
+AUDIT_FIELDS = ("auc", "planted_mean_rank", "control_mean_rank", "canaries", "repeats")
+
+
+def _read_audit(path: Path) -> dict[str, Any]:
+    audit = _object(read_json(path), str(path))
+    for key in AUDIT_FIELDS:
+        _number(audit.get(key), f"{path} {key}")
+    return audit
+
+
+def _check_round(path: Path, line: dict[str, Any], user_level: bool) -> None:
+    """A ValueError naming ``path`` and the round when a ``metrics.jsonl`` line lacks what the
+    report reads: the harness metrics, and the epsilons where the run accounted them."""
+    where = f"{path} round {line['round']}"
+    metrics = _object(line["metrics"], f"{where} metrics")
+    for key in ("hr@10", "ndcg@10"):
+        _number(metrics.get(key), f"{where} {key}")
+    if line["epsilon"] is not None:
+        epsilon = _object(line["epsilon"], f"{where} epsilon")
+        for key in ("min", "median", "max"):
+            _number(epsilon.get(key), f"{where} epsilon {key}")
+    if user_level:
+        _number(line["user_epsilon"], f"{where} user_epsilon")
+        _number(line["user_noise"], f"{where} user_noise")
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a JSON object, got {value!r}")
+    return value
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a number, got {value!r}")
+    return float(value)
 
 
 def privacy_report(folder: Path, compare: tuple[Path, ...] = ()) -> RunPrivacy:

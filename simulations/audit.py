@@ -16,7 +16,7 @@ from fedrec.shared.model.network import Recommender, initial_network
 from fedrec.simulations.canaries import audit, make_canaries
 from fedrec.simulations.run import simulate
 from fedrec.simulations.study import StudyRun
-from fedrec.simulations.world import load_world
+from fedrec.simulations.world import federation_world
 
 #: The key of the attack on the initial weights in ``out/audit.json``.
 UNTRAINED = "untrained"
@@ -41,7 +41,9 @@ def run_audit(base: FederationSettings, out: Path) -> dict[str, Any]:
     ``out/audit.json``; returns the latter's content."""
     if base.canaries < 1:
         raise ValueError("an audit needs canaries: set canaries >= 1")
-    world = load_world(base.data, base.devices)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the audit folder {out} is a file, not a folder")
+    world = federation_world(base)
     canaries = make_canaries(world.split.num_items, base.devices, base.canaries, base.seed)
     items = world.features.table[: world.split.num_items]
     untrained = audit(initial_network(base.model, base.seed), items, canaries)

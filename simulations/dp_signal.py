@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from fedrec.shared.federated.local import ExampleScorer, plan_round
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.model.network import Recommender, initial_network, trained_names
-from fedrec.simulations.world import World, load_world
+from fedrec.simulations.world import World, federation_world
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ def dp_signal(
         raise ValueError(f"per_device must be at least 1, got {per_device}")
     if not settings.privacy.enabled:
         raise ValueError("the noise-to-signal ratio needs DP-SGD on")
-    world = load_world(settings.data, settings.devices)
+    world = federation_world(settings)
     network = initial_network(settings.model, settings.seed)
     counts = [len(world.examples(p, settings.local)) for p in range(settings.devices)]
     planned = settings.planned_participations

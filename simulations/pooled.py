@@ -21,12 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from fedrec.shared.encoder.config import torch_device
 from fedrec.shared.evaluation.harness import EvaluationConfig, EvaluationResult, evaluate
 from fedrec.shared.federated.examples import DeviceExamples
 from fedrec.shared.federated.local import LocalConfig, plan_round, train_local
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.model.network import initial_network
-from fedrec.simulations.world import World, load_world
+from fedrec.simulations.world import World, federation_world
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,8 @@ def train_pooled(
     ``settings.devices`` devices, computing on torch ``device``, and evaluate it with the
     harness on every user's held-out item (``resamples`` bootstrap resamples)."""
     started = time.perf_counter()
-    world = load_world(settings.data, settings.devices)
+    torch_device(device)  # fail before the data loads
+    world = federation_world(settings)
     examples = pooled_examples(world, settings.devices, settings.local)
     network = initial_network(settings.model, settings.seed)
     plan = plan_round(len(examples), settings.local, settings.privacy, planned_rounds=1)

@@ -14,13 +14,19 @@ from typing import Any
 import ray
 from flwr.simulation import run_simulation
 
-from fedrec.client.app import make_client_app
+from fedrec.client.app import device_folder, make_client_app
+from fedrec.client.store import STORE_FILE
 from fedrec.server.app import make_server_app
-from fedrec.server.checkpoint import check_resumable
-from fedrec.server.federation import SUMMARY, recorded_user_noises, user_level_noise
+from fedrec.server.federation import (
+    SUMMARY,
+    check_run_folder,
+    load_budgets,
+    recorded_user_noises,
+    user_level_noise,
+)
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.files import read_json
-from fedrec.simulations.world import load_world
+from fedrec.simulations.world import World, federation_world
 
 #: How much lower than the devices' the scheduling priority of the simulation engine's own
 #: threads is (``os.nice`` steps; docs/federated.md, "Wall time: Flower's engine beside the
@@ -70,12 +76,12 @@ def _run_beside_devices(run: Callable[[], None]) -> None:
 
 def simulate(settings: FederationSettings, cpus_per_device: int = 1) -> dict[str, Any]:
     """Run the federation ``settings`` describes (resuming from its checkpoint, if any)."""
-    if Path(settings.out).exists() and not Path(settings.out).is_dir():
-        raise ValueError(f"the run folder {settings.out} is a file, not a folder")
-    check_resumable(Path(settings.out), settings)  # fail early on a resume with other settings
-    load_world(settings.data, settings.devices)  # and on bad data; warm the caches
+    out = Path(settings.out)
+    check_run_folder(out, settings)  # fail early on a folder the run cannot resume
+    world = federation_world(settings)  # and on bad data; warm the caches
+    _check_device_stores(out, world)
     # and when a resumed run has no user-level budget left
-    user_level_noise(settings, recorded_user_noises(Path(settings.out)))
+    user_level_noise(settings, recorded_user_noises(out))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     _run_beside_devices(
         lambda: run_simulation(
@@ -85,8 +91,25 @@ def simulate(settings: FederationSettings, cpus_per_device: int = 1) -> dict[str
             backend_config={"client_resources": {"num_cpus": cpus_per_device, "num_gpus": 0.0}},
         )
     )
-    summary_file = Path(settings.out) / SUMMARY
+    summary_file = out / SUMMARY
     if not summary_file.exists():
         raise RuntimeError(f"the federation ended without writing {summary_file}; see the log")
     result: dict[str, Any] = read_json(summary_file)
     return result
+
+
+def _check_device_stores(out: Path, world: World) -> None:
+    """A ValueError when a device that has spent privacy budget in the run in ``out`` (it is
+    in ``budgets.json``) has lost its store: a new one would start its ledger, and its
+    budget, from zero."""
+    for partition, epsilon in load_budgets(out).items():
+        if not partition.isdigit() or int(partition) >= len(world.device_users):
+            continue  # a Flower node id, from runs before budgets were kept by partition
+        user_id = world.split.dataset.user_ids[world.user_of(int(partition))]
+        store = device_folder(out, user_id) / STORE_FILE
+        if not store.exists():
+            raise ValueError(
+                f"{store} is missing, but device {partition} (user {user_id}) has spent "
+                f"epsilon {epsilon:.2f} in this run: a new store would restart its privacy "
+                "budget from zero; restore the store, or start the run in another folder"
+            )

@@ -59,6 +59,8 @@ def privacy_study(
     base: FederationSettings, out: Path, epsilons: tuple[float, ...] = EPSILONS
 ) -> list[dict[str, Any]]:
     """Run the study for ``base`` (its data, devices and rounds); returns the table's rows."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the study folder {out} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     runs = study_runs(epsilons)
     folders = [out / run.name for run in runs]

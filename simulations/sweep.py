@@ -132,10 +132,10 @@ def pack(data: str, devices: int, max_examples: int = 256, history: int = 200) -
 
     from fedrec.shared.federated.local import LocalConfig
     from fedrec.shared.federated.settings import FederationSettings
-    from fedrec.simulations.world import load_world
+    from fedrec.simulations.world import federation_world
 
     settings = FederationSettings.for_data(data, devices=devices)
-    world = load_world(settings.data, settings.devices)
+    world = federation_world(settings)
     local = LocalConfig(max_examples=max_examples, context=settings.local.context)
     shape = (settings.devices, max_examples, local.context)
     rows, types = np.zeros(shape, np.int64), np.zeros(shape, np.int64)

@@ -12,6 +12,7 @@ then buys no signal) or when the updates cancel.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ import torch
 from fedrec.shared.federated.local import PrivacyConfig, plan_round, train_local
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.model.network import Recommender, initial_network, trained_names
-from fedrec.simulations.world import load_world
+from fedrec.simulations.world import federation_world
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,9 @@ def update_norms(
 ) -> UpdateNorms:
     """The round updates of ``sample`` devices (drawn with ``seed``) of the federation
     ``settings`` describes (see the module docstring)."""
-    if sample < 1 or not clipping_norms or min(clipping_norms) <= 0:
-        raise ValueError("update norms need sample >= 1 and positive clipping norms")
-    world = load_world(settings.data, settings.devices)
+    if sample < 1 or not clipping_norms or not all(0 < c < math.inf for c in clipping_norms):
+        raise ValueError("update norms need sample >= 1 and finite positive clipping norms")
+    world = federation_world(settings)
     initial = initial_network(settings.model, settings.seed)
     names = trained_names(initial, settings.local.trained)
     start = {name: value.detach().clone() for name, value in initial.state_dict().items()}

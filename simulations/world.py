@@ -18,6 +18,7 @@ from fedrec.shared.encoder.config import EncoderConfig
 from fedrec.shared.evaluation.split import Split, temporal_split
 from fedrec.shared.federated.examples import DeviceExamples, device_examples
 from fedrec.shared.federated.local import LocalConfig
+from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.model.events import EventSequences
 from fedrec.shared.model.network import Recommender
 from fedrec.shared.model.training import Features, NetworkRecommender, model_inputs
@@ -74,3 +75,16 @@ def load_world(data: str, devices: int) -> World:
             f"{data} has {len(trainable)} users with training data; cannot make {devices} devices"
         )
     return World(split, sequences, features, trainable[:devices])
+
+
+def federation_world(settings: FederationSettings) -> World:
+    """The world of federation ``settings`` (``load_world``), whose item and text features
+    must be as wide as its network's input."""
+    world = load_world(settings.data, settings.devices)
+    width = world.features.table.shape[1]
+    if settings.model.feature_dim != width:
+        raise ValueError(
+            f"model-feature-dim is {settings.model.feature_dim}, but the encoder's features "
+            f"have {width} dimensions"
+        )
+    return world

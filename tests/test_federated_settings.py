@@ -15,6 +15,7 @@ from dp_accounting import rdp
 from flwr.app import Array, ArrayRecord
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
+from fedrec.server.checkpoint import save_checkpoint
 from fedrec.server.federation import (
     ROUND_FIELDS,
     _log_user_noise,
@@ -28,6 +29,8 @@ from fedrec.shared.federated.user_level import (
     user_level_epsilon,
     user_noise_norm,
 )
+from fedrec.shared.model.network import initial_network
+from fedrec.simulations.keys import ensure_secret
 from fedrec.simulations.run import simulate
 
 
@@ -129,6 +132,8 @@ def test_a_resumed_run_without_user_level_budget_fails_before_it_starts(tmp_path
     # two rounds already run with little noise: their epsilon is far above 8
     lines = [{**dict.fromkeys(ROUND_FIELDS), "round": r, "user_noise": 0.5} for r in (1, 2)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    save_checkpoint(tmp_path, initial_network(settings.model, settings.seed), None, None, 2)
+    ensure_secret(tmp_path)
     with pytest.raises(ValueError, match=r"the 2 rounds already run leave no user-level budget"):
         simulate(settings)
     assert not (tmp_path / "summary.json").exists()
@@ -139,7 +144,9 @@ def test_a_resumed_run_must_keep_what_fixes_its_training_and_accounting(tmp_path
     RESUMABLE_KEYS fails before anything runs, and names each change."""
     settings = FederationSettings(devices=3, rounds=2, out=str(tmp_path))
     (tmp_path / "run-config.json").write_text(json.dumps(settings.to_run_config()))
-    (tmp_path / "checkpoint.npz").write_bytes(b"round 2 of the run")
+    save_checkpoint(tmp_path, initial_network(settings.model, settings.seed), None, None, 2)
+    ensure_secret(tmp_path)
+    checkpoint = (tmp_path / "checkpoint.npz").read_bytes()
     other = dataclasses.replace(
         settings,
         rounds=4,  # may change: the run goes on for longer
@@ -156,9 +163,13 @@ def test_a_resumed_run_must_keep_what_fixes_its_training_and_accounting(tmp_path
     with pytest.raises(ValueError, match="; ".join(changes).replace(".", r"\.")) as caught:
         simulate(other)
     assert "may change only" in str(caught.value) and "another folder" in str(caught.value)
-    assert (tmp_path / "checkpoint.npz").read_bytes() == b"round 2 of the run"
+    assert (tmp_path / "checkpoint.npz").read_bytes() == checkpoint
     assert json.loads((tmp_path / "run-config.json").read_text()) == settings.to_run_config()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz", "run-config.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint.npz",
+        "run-config.json",
+        "simulation.key",
+    ]
 
 
 def test_a_finished_user_level_run_keeps_its_last_noise() -> None:
@@ -215,6 +226,27 @@ def test_run_config_values_must_have_their_keys_types() -> None:
         ("dp-enabled", "yes", "true or false"),
         ("local-optimizer", 3, "text"),
         ("dp-noise-multiplier", "high", "a number"),
+        ("max-update-norm", math.nan, "a finite number"),
+        ("local-learning-rate", math.inf, "a finite number"),
+        ("server-tau", -math.inf, "a finite number"),
     ]:
         with pytest.raises(ValueError, match=f"run-config key '{key}' takes {kind}, got"):
             FederationSettings().with_run_config({key: value})
+
+
+def test_settings_built_in_code_refuse_what_no_run_can_use() -> None:
+    for make, message in [
+        (lambda: PrivacyConfig(target_epsilon=math.inf), "target_epsilon must be a finite"),
+        (lambda: PrivacyConfig(max_grad_norm=math.nan), "max_grad_norm must be a finite"),
+        (lambda: PrivacyConfig(noise_multiplier=math.inf), "noise_multiplier must be a finite"),
+        (
+            lambda: UserPrivacyConfig(enabled=True, target_epsilon=math.inf),
+            "user-level target_epsilon must be a finite",
+        ),
+        (lambda: LocalConfig(learning_rate=math.nan), "learning_rate must be a finite"),
+        (lambda: FederationSettings(max_update_norm=math.nan), "max_update_norm must be a"),
+        (lambda: FederationSettings(server_learning_rate=math.inf), "server_learning_rate must"),
+        (lambda: FederationSettings(seed=-1), r"seed must be >= 0, got -1"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            make()

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import pickle
+import shutil
 import statistics
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from fedrec.client.app import LEDGER_RECORD
-from fedrec.client.store import EncryptedStore
+from fedrec.client.store import STORE_FILE, EncryptedStore
 from fedrec.server.checkpoint import CHECKPOINT, SERVER_ADAM, checked_moments, resume
 from fedrec.server.federation import make_strategy, server_adam
 from fedrec.server.privacy_report import PLOTS, privacy_report
@@ -37,7 +38,7 @@ from fedrec.shared.federated.user_level import UserPrivacyConfig
 from fedrec.shared.model.network import ModelConfig, Recommender, trained_names
 from fedrec.shared.model.training import NetworkRecommender
 from fedrec.simulations import run as simulation_run
-from fedrec.simulations.keys import device_key
+from fedrec.simulations.keys import SECRET_FILE, device_key
 from fedrec.simulations.world import load_world
 
 DEVICES = 3
@@ -505,3 +506,90 @@ def test_fedadam_steps_the_global_model_in_every_round(tmp_path: Path) -> None:
         simulation_run.simulate(dataclasses.replace(settings, rounds=4, local=fewer))
     with pytest.raises(ValueError, match="server Adam moments"):
         checked_moments(moments, set(trained_names(Recommender(settings.model), "items")))
+
+
+def _damaged_copy(out: Path, folder: Path, damage: Any) -> Path:
+    shutil.copytree(out, folder)
+    damage(folder)
+    return folder
+
+
+def _store_of_device_0(folder: Path) -> Path:
+    world = load_world("demo", DEVICES)
+    return folder / "devices" / world.split.dataset.user_ids[world.user_of(0)] / STORE_FILE
+
+
+def test_a_run_folder_the_run_cannot_go_on_from_is_refused_before_anything_runs(
+    run: Run, tmp_path: Path
+) -> None:
+    settings, _, out = run
+    done = len((out / "metrics.jsonl").read_text().splitlines())
+    cases: dict[str, tuple[Any, str]] = {
+        "no-checkpoint": (
+            lambda f: (f / CHECKPOINT).unlink(),
+            r"holds an earlier run \(metrics.jsonl, summary.json\) but not its checkpoint.npz",
+        ),
+        "truncated-checkpoint": (
+            lambda f: (f / CHECKPOINT).write_bytes((f / CHECKPOINT).read_bytes()[:1000]),
+            r"checkpoint.npz is damaged \(BadZipFile",
+        ),
+        "no-key": (lambda f: (f / SECRET_FILE).unlink(), r"simulation.key is missing"),
+        "run-config-not-an-object": (
+            lambda f: (f / "run-config.json").write_text("[1, 2]\n"),
+            r"run-config.json: expected a JSON object",
+        ),
+        "budgets-not-an-object": (
+            lambda f: (f / "budgets.json").write_text("[]\n"),
+            r"budgets.json: expected a JSON object of device ids",
+        ),
+        "lost-store": (
+            lambda f: _store_of_device_0(f).unlink(),
+            r"store.fedrec is missing, but device 0 .* has spent epsilon \d\.\d\d in this run",
+        ),
+    }
+    for name, (damage, message) in cases.items():
+        folder = _damaged_copy(out, tmp_path / name, damage)
+        metrics = (folder / "metrics.jsonl").read_bytes()
+        with pytest.raises(ValueError, match=message):
+            simulation_run.simulate(dataclasses.replace(settings, out=str(folder), rounds=done + 1))
+        assert (folder / "metrics.jsonl").read_bytes() == metrics, name  # nothing lost
+    folder = _damaged_copy(out, tmp_path / "fewer-rounds", lambda f: None)
+    fewer = dataclasses.replace(settings, out=str(folder), rounds=done - 1)
+    with pytest.raises(ValueError, match=f"has done {done} rounds, more than the {done - 1}"):
+        simulation_run.simulate(fewer)
+
+
+def test_the_privacy_report_names_what_is_wrong_with_a_damaged_run(
+    run: Run, tmp_path: Path
+) -> None:
+    _, _, out = run
+
+    def first_round_hr(folder: Path) -> None:
+        lines = (folder / "metrics.jsonl").read_text().splitlines()
+        line = json.loads(lines[0])
+        line["metrics"]["hr@10"] = "x"
+        (folder / "metrics.jsonl").write_text("\n".join([json.dumps(line), *lines[1:]]) + "\n")
+
+    def summary_ci(folder: Path) -> None:
+        summary = json.loads((folder / "summary.json").read_text())
+        summary["ci95"]["hr@10"] = []
+        (folder / "summary.json").write_text(json.dumps(summary))
+
+    cases: dict[str, tuple[Any, str]] = {
+        "no-budgets": (
+            lambda f: (f / "budgets.json").unlink(),
+            r"a run with record-level DP, but its budgets.json is missing or empty",
+        ),
+        "metrics-line": (first_round_hr, r"metrics.jsonl round 1 hr@10 must be a number, got 'x'"),
+        "summary-ci": (summary_ci, r"summary.json ci95 hr@10 must be \[low, high\], got \[\]"),
+        "audit": (
+            lambda f: (f / "audit.json").write_text('{"x": 1}'),
+            r"audit.json auc must be a number, got None",
+        ),
+    }
+    for name, (damage, message) in cases.items():
+        folder = _damaged_copy(out, tmp_path / name, damage)
+        (folder / "privacy.json").unlink(missing_ok=True)
+        with pytest.raises(ValueError, match=message):
+            privacy_report(folder)
+        assert not (folder / "privacy.json").exists(), name

@@ -48,15 +48,23 @@ class EncoderConfig:
 
     def torch_device(self) -> torch.device:
         """The device to run on, with ``"auto"`` resolved."""
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            return torch.device(self.device)
-        except (RuntimeError, TypeError) as e:
-            raise ValueError(
-                f"device must be 'auto' or a torch device such as 'cpu' or 'cuda:0', "
-                f"got {self.device!r}"
-            ) from e
+        return torch_device(self.device)
+
+
+def torch_device(name: str) -> torch.device:
+    """The torch device ``name`` names (``"auto"``: CUDA where there is one, else the CPU);
+    a ValueError when it is none, or one this machine lacks."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(
+            f"device must be 'auto' or a torch device such as 'cpu' or 'cuda:0', got {name!r}"
+        ) from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: this machine's torch has no CUDA device")
+    return device
 
 
 @dataclass(frozen=True)

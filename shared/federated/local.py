@@ -39,12 +39,12 @@ def check_dp_target(
 ) -> None:
     """A ValueError naming the first of a DP level's target epsilon, delta and clipping norm
     (``norm_name``) that is out of range; ``level`` prefixes the message."""
-    if not target_epsilon > 0:
-        raise ValueError(f"{level}target_epsilon must be > 0, got {target_epsilon}")
+    if not 0 < target_epsilon < math.inf:
+        raise ValueError(f"{level}target_epsilon must be a finite number > 0, got {target_epsilon}")
     if not 0 < delta < 1:
         raise ValueError(f"{level}delta must be in (0, 1), got {delta}")
-    if not norm > 0:
-        raise ValueError(f"{level}{norm_name} must be > 0, got {norm}")
+    if not 0 < norm < math.inf:
+        raise ValueError(f"{level}{norm_name} must be a finite number > 0, got {norm}")
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,10 @@ class PrivacyConfig:
         check_dp_target("", self.target_epsilon, self.delta, "max_grad_norm", self.max_grad_norm)
         if self.accountant not in ("rdp", "prv"):
             raise ValueError(f"accountant must be 'rdp' or 'prv', got {self.accountant!r}")
-        if self.noise_multiplier is not None and self.noise_multiplier <= 0:
-            raise ValueError(f"noise_multiplier must be > 0, got {self.noise_multiplier}")
+        if self.noise_multiplier is not None and not 0 < self.noise_multiplier < math.inf:
+            raise ValueError(
+                f"noise_multiplier must be a finite number > 0, got {self.noise_multiplier}"
+            )
 
 
 @dataclass(frozen=True)
@@ -91,8 +93,8 @@ class LocalConfig:
         for name in ("epochs", "batch_size", "context", "negatives", "max_examples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not 0 < self.learning_rate < math.inf:
+            raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
         if not 0 <= self.momentum < 1:

@@ -84,10 +84,11 @@ class FederationSettings:
             raise ValueError(f"min_update_share must be in [0, 1], got {self.min_update_share}")
         if not 0 <= self.average_decay < 1:
             raise ValueError(f"average_decay must be in [0, 1), got {self.average_decay}")
-        if self.max_update_norm <= 0 or self.server_learning_rate <= 0 or self.server_tau <= 0:
-            raise ValueError(
-                "max_update_norm, server_learning_rate and server_tau must be positive"
-            )
+        for name in ("max_update_norm", "server_learning_rate", "server_tau"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if not 0 <= self.participation_margin <= 10:
             raise ValueError(
                 f"participation_margin must be in [0, 10], got {self.participation_margin}"
@@ -268,4 +269,6 @@ def _typed(key: str, value: Any, default: bool | int | float | str) -> Any:
     if type(value) is not type(default):
         kind = _KINDS[type(default)]
         raise ValueError(f"run-config key {key!r} takes {kind}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"run-config key {key!r} takes a finite number, got {value!r}")
     return value

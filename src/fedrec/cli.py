@@ -312,6 +312,17 @@ def _settings(
     return settings.with_run_config(pairs) if pairs else settings
 
 
+def _seed(text: str) -> int:
+    """--seed's value: an integer >= 0 (numpy's generators take no negative seed)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return seed
+
+
 def _run_config_values(pairs: list[str]) -> dict[str, Any]:
     """--set's KEY=VALUE pairs; a VALUE is true or false, an int, a float, else text."""
     values: dict[str, Any] = {}
@@ -370,7 +381,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--resamples", type=int, default=1000, help="bootstrap resamples (default: 1000)"
     )
-    evaluate.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    evaluate.add_argument("--seed", type=_seed, default=0, help="bootstrap seed (default: 0)")
     evaluate.set_defaults(run=_evaluate)
 
     train = commands.add_parser(
@@ -407,7 +418,7 @@ def _parser() -> argparse.ArgumentParser:
         help="parts trained: 'all' or module paths such as 'items,users.recency'",
     )
     train.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=_seed, default=0)
     train.set_defaults(run=_train)
 
     simulate = commands.add_parser(
@@ -447,7 +458,7 @@ def _parser() -> argparse.ArgumentParser:
         help="what devices train and send: 'all' or module paths such as "
         "'items,users.recency' (default: all; with --user-dp, users.recency)",
     )
-    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--seed", type=_seed, default=0)
     simulate.set_defaults(run=_simulate)
 
     report = commands.add_parser(
@@ -511,7 +522,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     signal.add_argument("--per-device", type=int, default=8, help="examples sampled per device")
     signal.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
-    signal.add_argument("--seed", type=int, default=0)
+    signal.add_argument("--seed", type=_seed, default=0)
     signal.set_defaults(run=_privacy_signal)
 
     norms = commands.add_parser(
@@ -534,7 +545,7 @@ def _parser() -> argparse.ArgumentParser:
         help="clipping norms to report",
     )
     norms.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
-    norms.add_argument("--seed", type=int, default=0)
+    norms.add_argument("--seed", type=_seed, default=0)
     norms.set_defaults(run=_update_norms)
 
     pooled = commands.add_parser(
@@ -565,7 +576,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     pooled.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     pooled.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
-    pooled.add_argument("--seed", type=int, default=0)
+    pooled.add_argument("--seed", type=_seed, default=0)
     pooled.set_defaults(run=_pooled)
 
     bench = commands.add_parser(
@@ -613,7 +624,7 @@ def _parser() -> argparse.ArgumentParser:
         one.add_argument(
             "--items", type=int, default=items, help=f"catalog size (default {default})"
         )
-        one.add_argument("--seed", type=int, default=0)
+        one.add_argument("--seed", type=_seed, default=0)
         one.set_defaults(run=_bench, benchmark=benchmark, options=())
         if name == "dp-step":
             one.add_argument(
