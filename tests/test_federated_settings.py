@@ -250,3 +250,24 @@ def test_settings_built_in_code_refuse_what_no_run_can_use() -> None:
     ]:
         with pytest.raises(ValueError, match=message):
             make()
+
+
+def test_a_network_too_large_to_build_is_checked_without_building_it() -> None:
+    huge = FederationSettings().with_run_config({"model-hidden-dim": 10_000_000})
+    assert huge.model.hidden_dim == 10_000_000  # its module paths checked on the meta device
+
+
+def test_a_network_or_negatives_the_data_cannot_feed_fail_before_the_federation(
+    tmp_path: Path,
+) -> None:
+    base = FederationSettings(devices=3, rounds=1, out=str(tmp_path / "run"))
+    for overrides, message in [
+        (
+            {"model-feature-dim": 100, "model-item-dim": 100},
+            "model-feature-dim is 100, but the encoder's features have 384 dimensions",
+        ),
+        ({"local-negatives": 5000}, "local-negatives is 5000, more than the 3,000 items"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            simulate(base.with_run_config(overrides))
+    assert not (tmp_path / "run").exists()

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+import torch
+
 from fedrec.shared.federated.local import LocalConfig, PrivacyConfig
 from fedrec.shared.federated.schedule import SCHEDULES, Schedule
 from fedrec.shared.federated.user_level import UserPrivacyConfig
@@ -95,7 +97,8 @@ class FederationSettings:
             )
         if not 0 <= self.canaries <= self.devices or self.canary_repeats < 1:
             raise ValueError("canaries must be in [0, devices] and canary_repeats at least 1")
-        trained_names(Recommender(self.model), self.local.trained)  # paths that name modules
+        with torch.device("meta"):  # the module paths only: no weights allocated
+            trained_names(Recommender(self.model), self.local.trained)
 
     @property
     def sampled_devices(self) -> int:
