@@ -83,13 +83,25 @@ def _read_checkpoint(path: Path) -> tuple[int, dict[str, npt.NDArray[np.generic]
     return done, arrays
 
 
-def check_resumable(out: Path, settings: FederationSettings) -> None:
-    """A ValueError when the run in ``out`` has a checkpoint that ``settings`` cannot resume:
-    a damaged one, one of another network, one past ``settings.rounds``, one whose devices'
-    key (``simulation.key``) is gone, or settings that change what the run started with
-    outside ``RESUMABLE_KEYS``."""
+def check_resumable(out: Path, settings: FederationSettings) -> int:
+    """The rounds the run in ``out`` has done (0 without a checkpoint); a ValueError when
+    ``settings`` cannot resume it: settings that change what the run started with outside
+    ``RESUMABLE_KEYS``, a damaged checkpoint or one of another network, one past
+    ``settings.rounds``, or one whose devices' key (``simulation.key``) is gone."""
     if not (out / CHECKPOINT).exists():
-        return
+        return 0
+    path = out / RUN_CONFIG
+    if path.exists():
+        started = read_json(path)
+        if not isinstance(started, dict):
+            raise ValueError(f"{path}: expected a JSON object of run-config keys")
+        conflicts = resume_conflicts(started, settings)
+        if conflicts:
+            raise ValueError(
+                f"{out} holds a run with other settings ({'; '.join(conflicts)}); a resumed run "
+                f"may change only {', '.join(sorted(RESUMABLE_KEYS))}: resume it with its own "
+                "settings, or start the new run in another folder"
+            )
     done = resume(out, initial_network(settings.model, settings.seed))[0]
     if done > settings.rounds:
         raise ValueError(
@@ -102,19 +114,7 @@ def check_resumable(out: Path, settings: FederationSettings) -> None:
             "cannot open their stores (and ledgers); restore it, or start the run in another "
             "folder"
         )
-    path = out / RUN_CONFIG
-    if not path.exists():
-        return
-    started = read_json(path)
-    if not isinstance(started, dict):
-        raise ValueError(f"{path}: expected a JSON object of run-config keys")
-    conflicts = resume_conflicts(started, settings)
-    if conflicts:
-        raise ValueError(
-            f"{out} holds a run with other settings ({'; '.join(conflicts)}); a resumed run may "
-            f"change only {', '.join(sorted(RESUMABLE_KEYS))}: resume it with its own "
-            "settings, or start the new run in another folder"
-        )
+    return done
 
 
 def checked_moments(

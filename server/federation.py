@@ -320,10 +320,11 @@ def server_adam(strategy: Strategy) -> FedAdam | None:
     return strategy
 
 
-def check_run_folder(out: Path, settings: FederationSettings) -> None:
-    """A ValueError, before anything runs, when ``out`` cannot hold the run ``settings``
-    describe: a file; the files of an earlier run without its checkpoint (starting over would
-    overwrite them); a checkpoint that ``check_resumable`` refuses; a damaged ``budgets.json``."""
+def check_run_folder(out: Path, settings: FederationSettings) -> int:
+    """The rounds the run in ``out`` has done; a ValueError, before anything runs, when ``out``
+    cannot hold the run ``settings`` describe: a file; the files of an earlier run without its
+    checkpoint (starting over would overwrite them); a checkpoint that ``check_resumable``
+    refuses; a damaged ``budgets.json``."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"the run folder {out} is a file, not a folder")
     if not (out / CHECKPOINT).exists():
@@ -334,8 +335,9 @@ def check_run_folder(out: Path, settings: FederationSettings) -> None:
                 f"{CHECKPOINT}, so it cannot go on, and starting over would overwrite it: "
                 "restore the checkpoint, or start the run in another folder"
             )
-    check_resumable(out, settings)
+    done = check_resumable(out, settings)
     load_budgets(out)
+    return done
 
 
 def load_budgets(out: Path) -> dict[str, float]:

@@ -140,6 +140,8 @@ def _read_audit(path: Path) -> dict[str, Any]:
     audit = _object(read_json(path), str(path))
     for key in AUDIT_FIELDS:
         _number(audit.get(key), f"{path} {key}")
+    if "untrained_auc" in audit:
+        _number(audit["untrained_auc"], f"{path} untrained_auc")
     return audit
 
 
@@ -155,8 +157,9 @@ def _check_round(path: Path, line: dict[str, Any], user_level: bool) -> None:
         for key in ("min", "median", "max"):
             _number(epsilon.get(key), f"{where} epsilon {key}")
     if user_level:
-        _number(line["user_epsilon"], f"{where} user_epsilon")
         _number(line["user_noise"], f"{where} user_noise")
+    if user_level or line["user_epsilon"] is not None:
+        _number(line["user_epsilon"], f"{where} user_epsilon")
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:
@@ -176,8 +179,9 @@ def privacy_report(folder: Path, compare: tuple[Path, ...] = ()) -> RunPrivacy:
     ``compare`` runs) into that folder; returns its figures."""
     run = read_run(folder)
     others = [read_run(other) for other in compare]
+    markdown = _markdown(run, others)  # before anything is written: it formats every figure
     write_json(folder / REPORT_JSON, asdict(run))
-    (folder / REPORT_MD).write_text(_markdown(run, others), encoding="utf-8")
+    (folder / REPORT_MD).write_text(markdown, encoding="utf-8")
     _plot_rounds(run, folder / PLOTS[0])
     _plot_budgets(run, folder / PLOTS[1])
     _plot_utility([run, *others], folder / PLOTS[2])

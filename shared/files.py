@@ -10,12 +10,21 @@ from pathlib import Path
 from typing import Any
 
 
-def write_atomic(file: Path, data: bytes, prefix: str | None = None, suffix: str = ".tmp") -> None:
+def write_atomic(
+    file: Path,
+    data: bytes,
+    prefix: str | None = None,
+    suffix: str = ".tmp",
+    mode: int = 0o600,
+) -> None:
     """Replace ``file`` with ``data`` all at once: write a temp file beside it (named
-    ``prefix``..``suffix``, by default ``.NAME.``..``.tmp``), fsync it, rename it over
-    ``file``, fsync the folder. A crash leaves the old file or the new one, never a mix."""
+    ``prefix``..``suffix``, by default ``.NAME.``..``.tmp``) with permissions ``mode``
+    (by default the owner's alone), fsync it, rename it over ``file``, fsync the folder. A
+    crash leaves the old file or the new one, never a mix."""
     fd, temp = tempfile.mkstemp(dir=file.parent, prefix=prefix or f".{file.name}.", suffix=suffix)
     try:
+        if mode != 0o600 and os.name != "nt":  # mkstemp's own
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as out:
             out.write(data)
             out.flush()
@@ -29,8 +38,9 @@ def write_atomic(file: Path, data: bytes, prefix: str | None = None, suffix: str
 
 def write_json(file: Path, value: Any, indent: int = 2) -> None:
     """Write ``value`` to ``file`` as indented JSON with a final newline, all at once
-    (``write_atomic``)."""
-    write_atomic(file, (json.dumps(value, indent=indent) + "\n").encode("utf-8"))
+    (``write_atomic``), readable by all (0644) like any result file."""
+    text = json.dumps(value, indent=indent) + "\n"
+    write_atomic(file, text.encode("utf-8"), mode=0o644)
 
 
 def fsync_dir(directory: Path) -> None:

@@ -104,7 +104,7 @@ def train_pooled(
     ``settings.devices`` devices, computing on torch ``device``, and evaluate it with the
     harness on every user's held-out item (``resamples`` bootstrap resamples)."""
     started = time.perf_counter()
-    torch_device(device)  # fail before the data loads
+    device = str(torch_device(device))  # fail before the data loads; "auto" resolved
     world = federation_world(settings)
     examples = pooled_examples(world, settings.devices, settings.local)
     network = initial_network(settings.model, settings.seed)

@@ -77,9 +77,10 @@ def _run_beside_devices(run: Callable[[], None]) -> None:
 def simulate(settings: FederationSettings, cpus_per_device: int = 1) -> dict[str, Any]:
     """Run the federation ``settings`` describes (resuming from its checkpoint, if any)."""
     out = Path(settings.out)
-    check_run_folder(out, settings)  # fail early on a folder the run cannot resume
+    done = check_run_folder(out, settings)  # fail early on a folder the run cannot resume
     world = federation_world(settings)  # and on bad data; warm the caches
-    _check_device_stores(out, world)
+    if 0 < done < settings.rounds:  # devices will train on from their stores
+        _check_device_stores(out, world)
     # and when a resumed run has no user-level budget left
     user_level_noise(settings, recorded_user_noises(out))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")

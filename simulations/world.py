@@ -87,9 +87,4 @@ def federation_world(settings: FederationSettings) -> World:
             f"model-feature-dim is {settings.model.feature_dim}, but the encoder's features "
             f"have {width} dimensions"
         )
-    if settings.local.negatives > world.split.num_items:
-        raise ValueError(
-            f"local-negatives is {settings.local.negatives}, more than the "
-            f"{world.split.num_items:,} items of the catalog"
-        )
     return world

@@ -209,3 +209,13 @@ def test_set_overrides_run_config_keys_after_every_flag(
         assert main(["simulate", "--out", str(tmp_path), "--set", bad]) == 2
         assert message in capsys.readouterr().err
     assert len(seen) == 5  # no bad --set reached a federation
+
+
+@pytest.mark.parametrize("seed", ["-1", "x", str(2**40)])
+def test_a_seed_out_of_range_is_named(seed: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["evaluate", "--data", "demo", "--model", "popularity", "--seed", seed])
+    assert exited.value.code == 2
+    assert f"argument --seed: must be an integer in [0, 4294967295], got '{seed}'" in (
+        capsys.readouterr().err
+    )

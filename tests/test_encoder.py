@@ -24,6 +24,7 @@ from fedrec.shared.encoder import (
     trainable_state,
     transformer_blocks,
 )
+from fedrec.shared.encoder.config import torch_device
 
 SENTENCES = [
     "Toy Story (1995) | Adventure, Animation, Children, Comedy, Fantasy",
@@ -134,6 +135,16 @@ def test_device_auto_resolves() -> None:
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert EncoderConfig().torch_device().type == expected
     assert EncoderConfig(device="cpu").torch_device() == torch.device("cpu")
+
+
+def test_a_device_this_machine_lacks_is_an_error_that_names_it() -> None:
+    with pytest.raises(ValueError, match=r"device 'cuda:99': this machine"):
+        torch_device("cuda:99")  # no CUDA at all, or not 100 devices
+    with pytest.raises(ValueError, match=r"must be 'auto' or a torch device .* got 'gpu7'"):
+        torch_device("gpu7")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"device 'cuda': this machine's torch has no cuda"):
+            EncoderConfig(device="cuda")
 
 
 def test_max_length_above_the_model_limit(encoder: TextEncoder) -> None:

@@ -184,11 +184,13 @@ def test_fixed_noise_and_the_prv_accountant() -> None:
 def test_bad_configs_and_an_empty_device() -> None:
     with pytest.raises(ValueError, match="accountant must be 'rdp' or 'prv'"):
         PrivacyConfig(accountant="gdp")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="target_epsilon must be > 0, got 0"):
+    with pytest.raises(ValueError, match="target_epsilon must be a finite number > 0, got 0"):
         PrivacyConfig(target_epsilon=0)
     with pytest.raises(ValueError, match=r"delta must be in \(0, 1\), got 2"):
         PrivacyConfig(delta=2)
-    with pytest.raises(ValueError, match=r"user-level target_epsilon must be > 0, got -1"):
+    with pytest.raises(
+        ValueError, match=r"user-level target_epsilon must be a finite number > 0, got -1"
+    ):
         UserPrivacyConfig(target_epsilon=-1)
     with pytest.raises(ValueError, match="negatives must be at least 1"):
         LocalConfig(negatives=0)

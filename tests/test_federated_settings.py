@@ -246,7 +246,8 @@ def test_settings_built_in_code_refuse_what_no_run_can_use() -> None:
         (lambda: LocalConfig(learning_rate=math.nan), "learning_rate must be a finite"),
         (lambda: FederationSettings(max_update_norm=math.nan), "max_update_norm must be a"),
         (lambda: FederationSettings(server_learning_rate=math.inf), "server_learning_rate must"),
-        (lambda: FederationSettings(seed=-1), r"seed must be >= 0, got -1"),
+        (lambda: FederationSettings(seed=-1), r"seed must be in \[0, 4294967295\], got -1"),
+        (lambda: FederationSettings(seed=2**64), r"seed must be in \[0, 4294967295\]"),
     ]:
         with pytest.raises(ValueError, match=message):
             make()
@@ -257,7 +258,7 @@ def test_a_network_too_large_to_build_is_checked_without_building_it() -> None:
     assert huge.model.hidden_dim == 10_000_000  # its module paths checked on the meta device
 
 
-def test_a_network_or_negatives_the_data_cannot_feed_fail_before_the_federation(
+def test_a_network_the_encoder_cannot_feed_fails_before_the_federation(
     tmp_path: Path,
 ) -> None:
     base = FederationSettings(devices=3, rounds=1, out=str(tmp_path / "run"))
@@ -266,7 +267,6 @@ def test_a_network_or_negatives_the_data_cannot_feed_fail_before_the_federation(
             {"model-feature-dim": 100, "model-item-dim": 100},
             "model-feature-dim is 100, but the encoder's features have 384 dimensions",
         ),
-        ({"local-negatives": 5000}, "local-negatives is 5000, more than the 3,000 items"),
     ]:
         with pytest.raises(ValueError, match=message):
             simulate(base.with_run_config(overrides))

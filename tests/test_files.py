@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,10 @@ def test_write_json_round_trips_and_leaves_no_temp_file(tmp_path: Path) -> None:
     assert read_json(target) == {"hr@10": 0.5}
     assert target.read_text(encoding="utf-8").endswith("}\n")
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+    if os.name != "nt":  # a result anyone may read; a store or key stays the owner's
+        assert stat.S_IMODE(target.stat().st_mode) == 0o644
+        write_atomic(tmp_path / "store", b"secret")
+        assert stat.S_IMODE((tmp_path / "store").stat().st_mode) == 0o600
 
 
 def test_a_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch) -> None:
@@ -31,7 +36,7 @@ def test_a_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch) -> None:
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
-        write_atomic(target, b"{}")
+        write_json(target, {"0": 2.5})
     assert read_json(target) == {"0": 1.5}
     assert [p.name for p in tmp_path.iterdir()] == ["budgets.json"]
 

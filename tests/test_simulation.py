@@ -557,6 +557,27 @@ def test_a_run_folder_the_run_cannot_go_on_from_is_refused_before_anything_runs(
     fewer = dataclasses.replace(settings, out=str(folder), rounds=done - 1)
     with pytest.raises(ValueError, match=f"has done {done} rounds, more than the {done - 1}"):
         simulation_run.simulate(fewer)
+    smaller = dataclasses.replace(
+        settings,
+        out=str(folder),
+        rounds=done + 1,
+        model=dataclasses.replace(settings.model, hidden_dim=8),
+    )
+    with pytest.raises(ValueError, match=r"other settings \(model-hidden-dim: 16 -> 8\)"):
+        simulation_run.simulate(smaller)
+    (folder / "run-config.json").unlink()  # a folder from before run configs were kept
+    with pytest.raises(ValueError, match=r"checkpoint.npz does not hold this run's network"):
+        simulation_run.simulate(smaller)
+
+
+#: An audit's figures as ``fedrec.simulations.audit`` writes them into a run folder.
+AUDIT_ENTRY = {
+    "auc": 0.9,
+    "planted_mean_rank": 3,
+    "control_mean_rank": 9,
+    "canaries": 2,
+    "repeats": 4,
+}
 
 
 def test_the_privacy_report_names_what_is_wrong_with_a_damaged_run(
@@ -585,6 +606,12 @@ def test_the_privacy_report_names_what_is_wrong_with_a_damaged_run(
         "audit": (
             lambda f: (f / "audit.json").write_text('{"x": 1}'),
             r"audit.json auc must be a number, got None",
+        ),
+        "audit-untrained": (
+            lambda f: (f / "audit.json").write_text(
+                json.dumps({**AUDIT_ENTRY, "untrained_auc": None})
+            ),
+            r"audit.json untrained_auc must be a number, got None",
         ),
     }
     for name, (damage, message) in cases.items():

@@ -62,8 +62,13 @@ def torch_device(name: str) -> torch.device:
         raise ValueError(
             f"device must be 'auto' or a torch device such as 'cpu' or 'cuda:0', got {name!r}"
         ) from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: this machine's torch has no CUDA device")
+    backend = getattr(torch, device.type, None)  # torch.cuda, torch.mps, torch.xpu
+    if device.type != "cpu" and not (backend and backend.is_available()):
+        raise ValueError(f"device {name!r}: this machine's torch has no {device.type} device")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
     return device
 
 

@@ -89,8 +89,8 @@ class FederationSettings:
         for name in ("max_update_norm", "server_learning_rate", "server_tau"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be in [0, {MAX_SEED}], got {self.seed}")
         if not 0 <= self.participation_margin <= 10:
             raise ValueError(
                 f"participation_margin must be in [0, 10], got {self.participation_margin}"
@@ -176,6 +176,10 @@ class FederationSettings:
         """These settings with some run-config keys replaced (``fedrec simulate --set``)."""
         return self.from_run_config({**self.to_run_config(), **overrides})
 
+
+#: The largest run seed: devices derive theirs from it (``seed * 1_000_003 + ...``), which must
+#: stay within torch's 64-bit generator seeds.
+MAX_SEED = 2**32 - 1
 
 _PREFIX = {"model": "model_", "local": "local_", "privacy": "dp_", "user_privacy": "user_dp_"}
 

@@ -20,7 +20,13 @@ from fedrec.shared.encoder.cache import encode_cached
 from fedrec.shared.encoder.config import EncoderConfig
 from fedrec.shared.evaluation.split import Split
 from fedrec.shared.model.events import EventSequences, build_sequences
-from fedrec.shared.model.network import ALL_PARTS, ModelConfig, Recommender, train_only
+from fedrec.shared.model.network import (
+    ALL_PARTS,
+    ModelConfig,
+    Recommender,
+    initial_network,
+    train_only,
+)
 
 #: Users whose interest vectors are computed at once when scoring (bounds memory).
 SCORE_BATCH = 32
@@ -219,8 +225,7 @@ class TrainedRecommender:
 
     def fit(self, split: Split) -> None:
         sequences, features = model_inputs(split, self.encoder)
-        torch.manual_seed(self.training.seed)
-        self.network = Recommender(self.model_config)
+        self.network = initial_network(self.model_config, self.training.seed)
         self.log = train_central(self.network, sequences, features, self.training)
         self._scorer = NetworkRecommender(self.network, self.encoder, self.name)
         self._scorer.use(split, sequences, features)

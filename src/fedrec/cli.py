@@ -313,13 +313,16 @@ def _settings(
 
 
 def _seed(text: str) -> int:
-    """--seed's value: an integer >= 0 (numpy's generators take no negative seed)."""
+    """--seed's value: an integer in [0, MAX_SEED] (numpy's generators take no negative seed,
+    and devices derive theirs from the run's)."""
+    from fedrec.shared.federated.settings import MAX_SEED
+
     try:
         seed = int(text)
     except ValueError:
         seed = -1
-    if seed < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    if not 0 <= seed <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, {MAX_SEED}], got {text!r}")
     return seed
 
 

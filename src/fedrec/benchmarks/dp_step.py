@@ -29,7 +29,7 @@ from fedrec.benchmarks.rank import machine_facts
 from fedrec.shared.federated.dp_lstm import to_per_example_lstms
 from fedrec.shared.federated.local import ExampleScorer
 from fedrec.shared.federated.settings import federated_model
-from fedrec.shared.model.network import ModelConfig, Recommender
+from fedrec.shared.model.network import ModelConfig, initial_network
 
 TOLERANCE = 1e-5
 """Largest absolute difference allowed between the two clipped gradients."""
@@ -98,8 +98,7 @@ def run_dp_step_benchmark(
         raise ValueError("the dp-step benchmark needs at least 1 round, example and item")
     config = config or federated_model()
     generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    network = Recommender(config)
+    network = initial_network(config, seed)
     with torch.no_grad():  # as after some training: the LSTM's path to the score is open
         network.users.project.weight.normal_(0.0, 0.05, generator=generator)
     table = torch.randn(n_items, config.feature_dim, generator=generator)
