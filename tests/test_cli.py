@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fedrec.cli import main
+from fedrec.cli import _report_failures, main
 from fedrec.server.federation import ROUND_FIELDS
 from fedrec.shared.federated.settings import FederationSettings
 
@@ -219,3 +219,23 @@ def test_a_seed_out_of_range_is_named(seed: str, capsys: pytest.CaptureFixture[s
     assert f"argument --seed: must be an integer in [0, 4294967295], got '{seed}'" in (
         capsys.readouterr().err
     )
+
+
+def test_simulate_warns_of_rounds_that_changed_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def round_(number: int, devices: int, failed: int, applied: bool) -> dict[str, object]:
+        return {
+            "round": number,
+            "devices": devices,
+            "failed": failed,
+            "dropped": 0,
+            "applied": applied,
+        }
+
+    assert _report_failures([round_(1, 3, 0, True), round_(2, 3, 1, True)], tmp_path) == 0
+    assert capsys.readouterr().err == ""
+    assert _report_failures([round_(1, 3, 3, False), round_(2, 3, 0, True)], tmp_path) == 0
+    assert "rounds [1] changed nothing (3 failed device rounds" in capsys.readouterr().err
+    assert _report_failures([round_(1, 3, 3, False), round_(2, 2, 2, False)], tmp_path) == 1
+    assert "every device failed in every round" in capsys.readouterr().err

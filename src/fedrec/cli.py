@@ -98,6 +98,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    from fedrec.server.federation import read_metrics
     from fedrec.shared.federated.local import PrivacyConfig
     from fedrec.shared.federated.user_level import UserPrivacyConfig
     from fedrec.simulations.run import simulate
@@ -128,13 +129,33 @@ def _simulate(args: argparse.Namespace) -> int:
     )
     summary = simulate(settings)
     metrics = summary["metrics"]
+    epsilon = summary["epsilon_max"]
+    spent = "record-level DP off" if not settings.privacy.enabled else "none reported"
     print(
         f"{settings.devices} devices, {settings.rounds} rounds in {summary['wall_s']:.0f} s: "
         f"HR@10 {metrics['hr@10']:.4f}, nDCG@10 {metrics['ndcg@10']:.4f}, epsilon max "
-        f"{summary['epsilon_max']}, upload per device and round "
+        f"{spent if epsilon is None else f'{epsilon:.2f}'}, upload per device and round "
         f"{summary['bytes_up_per_device_round'] / 1e6:.2f} MB"
     )
     print(f"wrote {args.out}/metrics.jsonl and {args.out}/summary.json")
+    return _report_failures(read_metrics(args.out), args.out)
+
+
+def _report_failures(rounds: list[dict[str, Any]], out: Path) -> int:
+    """Warn about rounds that left the model as it was; 1 when every device failed in every
+    round (the federation trained nothing), else 0."""
+    unapplied = [r["round"] for r in rounds if not r["applied"]]
+    if unapplied:
+        failed = sum(r["failed"] for r in rounds)
+        dropped = sum(r["dropped"] for r in rounds)
+        print(
+            f"fedrec: warning: rounds {unapplied} changed nothing ({failed} failed device "
+            f"rounds, {dropped} dropped updates in all); see {out}/metrics.jsonl and the log",
+            file=sys.stderr,
+        )
+    if rounds and all(r["devices"] and r["failed"] == r["devices"] for r in rounds):
+        print("fedrec: error: every device failed in every round", file=sys.stderr)
+        return 1
     return 0
 
 
