@@ -19,6 +19,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
@@ -50,33 +51,63 @@ def make_client_app(
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         run = settings or FederationSettings.from_run_config(context.run_config)
-        partition = int(context.node_config["partition-id"])
+        partition = device_partition(context, run)
         return Message(content=train_device(run, partition, msg.content), reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         run = settings or FederationSettings.from_run_config(context.run_config)
-        partition = int(context.node_config["partition-id"])
+        partition = device_partition(context, run)
         return Message(content=evaluate_device(run, partition, msg.content), reply_to=msg)
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
         """Which device this is (its partition id), so that the server can sample devices
         reproducibly by it; nothing else."""
-        device = MetricRecord({"device": int(context.node_config["partition-id"])})
+        run = settings or FederationSettings.from_run_config(context.run_config)
+        device = MetricRecord({"device": device_partition(context, run)})
         return Message(content=RecordDict({"metrics": device}), reply_to=msg)
 
     return app
 
 
+def device_partition(context: Context, settings: FederationSettings) -> int:
+    """The device's partition id from its node config (``partition-id``): an integer in
+    [0, devices), else a ValueError that says so."""
+    partition = context.node_config.get("partition-id")
+    if not (isinstance(partition, int) and not isinstance(partition, bool)) or not (
+        0 <= partition < settings.devices
+    ):
+        raise ValueError(
+            f"node config partition-id must be an integer in [0, {settings.devices}), "
+            f"got {partition!r}"
+        )
+    return partition
+
+
 def _global_network(settings: FederationSettings, content: RecordDict) -> Recommender:
     """The global weights: the parts the federation trains (``arrays``) and, when it trains
-    only some, the frozen rest (``frozen``, from ``FrozenPartsStrategy``)."""
-    network = Recommender(settings.model)
-    state = content.array_records["arrays"].to_torch_state_dict()
+    only some, the frozen rest (``frozen``, from ``FrozenPartsStrategy``); a ValueError when
+    the message lacks them or they are not this network's finite float weights."""
+    if "arrays" not in content.array_records:
+        raise ValueError("the message holds no global weights (no 'arrays' record)")
+    records = [content.array_records["arrays"]]
     if FROZEN_RECORD in content.array_records:
-        state.update(content.array_records[FROZEN_RECORD].to_torch_state_dict())
-    network.load_state_dict(state)
+        records.append(content.array_records[FROZEN_RECORD])
+    state: dict[str, torch.Tensor] = {}
+    for record in records:
+        for name, array in record.items():
+            value = array.numpy()
+            if name in state:
+                raise ValueError(f"the message sends weight {name!r} twice")
+            if value.dtype.kind != "f" or not np.isfinite(value).all():
+                raise ValueError(f"the message's weight {name!r} is not finite floats")
+            state[name] = torch.tensor(value)
+    network = Recommender(settings.model)
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"the message's weights are not this run's network: {err}") from None
     return network
 
 
@@ -89,9 +120,10 @@ def train_device(settings: FederationSettings, partition: int, content: RecordDi
     world = federation_world(settings)
     user = world.user_of(partition)
     network = _global_network(settings, content)
-    server_round = content.config_records["config"].get("server-round", 0)
-    if not isinstance(server_round, int):
-        raise ValueError(f"server-round must be an int, got {server_round!r}")
+    config = content.config_records.get("config")
+    server_round = None if config is None else config.get("server-round")
+    if not isinstance(server_round, int) or isinstance(server_round, bool) or server_round < 1:
+        raise ValueError(f"server-round must be an integer >= 1, got {server_round!r}")
     store = _device_store(settings, world.split.dataset.user_ids[user])
     ledger = _ledger(store)
     privacy = settings.privacy

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 from collections import Counter
@@ -127,12 +128,25 @@ class SeededSamplingStrategy(WrappedStrategy):
                     QUERY_ATTEMPTS,
                     given_up,
                 )
-        known = {node: self.partitions[node] for node in online if node in self.partitions}
+        known = _unique_partitions(
+            {node: self.partitions[node] for node in online if node in self.partitions}
+        )
         messages = messages[: len(known)]
         chosen = seeded_sample(known, len(messages), self.seed, server_round, purpose)
         for message, node in zip(messages, chosen, strict=True):
             message.metadata.dst_node_id = node
         return messages
+
+
+def _unique_partitions(partitions: dict[int, int]) -> dict[int, int]:
+    """``partitions`` (node id to partition id) without the nodes that claim a partition
+    another online node claims too: which of them is the device cannot be told, and training
+    both would count its user twice (a warning names them)."""
+    claims = collections.Counter(partitions.values())
+    shared = sorted(p for p, count in claims.items() if count > 1)
+    if shared:
+        logger.warning("nodes claiming the same device are left out: partitions %s", shared)
+    return {node: p for node, p in partitions.items() if claims[p] == 1}
 
 
 class ReferenceStrategy(WrappedStrategy):

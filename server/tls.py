@@ -8,7 +8,8 @@ localhost as well as the given hosts: the SuperLink's own SuperExec reaches it o
 
 ``python -m fedrec.server.tls FOLDER --host 10.0.0.5 --host link.example.org`` writes
 ``ca.pem``, ``ca.key``, ``server.pem`` and ``server.key`` (keys mode 0600). A CA already in
-FOLDER is reused, so a renewed server certificate stays trusted by existing SuperNodes.
+FOLDER is reused, so a renewed server certificate stays trusted by existing SuperNodes; a
+renewal replaces ``server.pem`` and ``server.key`` and names only the hosts it is given.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import ipaddress
-import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +27,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedrec.shared.files import write_atomic
+
 LOOPBACK = ("127.0.0.1", "localhost")
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
 SERVER_CERT = "server.pem"
 SERVER_KEY = "server.key"
+#: The longest validity, in days, of a server certificate; a new CA lives ten days longer.
+MAX_DAYS = 3650
+PEM = serialization.Encoding.PEM
 
 
 @dataclass(frozen=True)
@@ -45,16 +51,29 @@ class TlsFiles:
 
 
 def subject_alternative_names(hosts: Sequence[str]) -> list[x509.GeneralName]:
-    """IP addresses and DNS names for ``hosts`` plus loopback, each once, in order."""
+    """IP addresses and DNS names for ``hosts`` plus loopback, each once, in order; a
+    ValueError naming a host that is neither (a DNS name must be ASCII: use an IDN's
+    ``xn--`` form)."""
     names: list[x509.GeneralName] = []
     for host in dict.fromkeys([*hosts, *LOOPBACK]):
-        if not host or any(c.isspace() for c in host) or "/" in host:
-            raise ValueError(f"not a host name or IP address: {host!r}")
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
+            continue
         except ValueError:
-            names.append(x509.DNSName(host.lower()))
+            pass
+        labels = host.lower().split(".")
+        if not (
+            0 < len(host) <= 253
+            and all(_HOST_LABEL.fullmatch(label) for label in labels)
+            and not labels[-1].isdigit()  # 10.0.0.256: not an address, and no name
+        ):
+            raise ValueError(f"not a host name or IP address: {host!r}")
+        names.append(x509.DNSName(host.lower()))
     return names
+
+
+#: One label of a DNS host name (RFC 1123): letters, digits and inner hyphens, 1 to 63.
+_HOST_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
 def _key_usage(*allowed: str) -> x509.KeyUsage:
@@ -74,7 +93,7 @@ def _key_usage(*allowed: str) -> x509.KeyUsage:
 
 
 def make_ca(
-    name: str = "fedrec SuperLink CA", days: int = 3650
+    name: str = "fedrec SuperLink CA", days: int = MAX_DAYS + 10
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """A new self-signed CA (P-256) that may sign server certificates only."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -130,28 +149,78 @@ def make_server_certificate(
 
 def write_certificates(folder: Path, hosts: Sequence[str] = LOOPBACK, days: int = 365) -> TlsFiles:
     """Write a CA (reused when ``folder`` has one) and a server certificate for ``hosts``
-    into ``folder`` as PEM; private keys are written with mode 0600."""
-    folder.mkdir(parents=True, exist_ok=True)
+    into ``folder`` as PEM; private keys are written with mode 0600. Everything is checked
+    before anything is written: a ValueError names the host, the half of a CA pair that is
+    missing, a CA that cannot sign for ``days``, or a ``server.key`` that is not a key this
+    tool wrote (an Ed25519 bundle-signing key of a run folder, say)."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} is a file, not a folder")
+    subject_alternative_names(hosts)
     files = TlsFiles(folder / CA_CERT, folder / CA_KEY, folder / SERVER_CERT, folder / SERVER_KEY)
-    if files.ca_cert.exists() and files.ca_key.exists():
-        ca_cert = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
-        loaded = serialization.load_pem_private_key(files.ca_key.read_bytes(), password=None)
-        if not isinstance(loaded, ec.EllipticCurvePrivateKey):
-            raise ValueError(f"{files.ca_key} is not an EC private key")
-        ca_key = loaded
+    present = [path.name for path in (files.ca_cert, files.ca_key) if path.exists()]
+    if len(present) == 1:
+        raise ValueError(
+            f"{folder} has {present[0]} but not the other half of the CA pair ({CA_CERT}, "
+            f"{CA_KEY}): restore it, or use an empty folder for a new CA"
+        )
+    if files.server_key.exists():
+        _load_key(files.server_key, "is not a TLS key this tool wrote; use another folder")
+    if present:
+        ca_key = _load_key(files.ca_key, "is not the EC key of a fedrec CA")
+        ca_cert = _load_ca(files.ca_cert, ca_key)
     else:
         ca_key, ca_cert = make_ca()
-        _write_key(files.ca_key, ca_key)
-        files.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     key, cert = make_server_certificate(ca_key, ca_cert, hosts, days)
-    _write_key(files.server_key, key)
-    files.server_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    if cert.not_valid_after_utc > ca_cert.not_valid_after_utc:
+        raise ValueError(
+            f"a server certificate valid for {days} days would outlive its CA "
+            f"({files.ca_cert}, valid until {ca_cert.not_valid_after_utc:%Y-%m-%d})"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    if not present:
+        write_atomic(files.ca_key, _key_pem(ca_key))
+        write_atomic(files.ca_cert, ca_cert.public_bytes(PEM), mode=0o644)
+    write_atomic(files.server_key, _key_pem(key))
+    write_atomic(files.server_cert, cert.public_bytes(PEM), mode=0o644)
     return files
 
 
+def _load_key(path: Path, problem: str) -> ec.EllipticCurvePrivateKey:
+    """The unencrypted EC private key in ``path``; a ValueError ``path problem`` otherwise."""
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError, OSError):  # not PEM, encrypted, a folder
+        key = None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{path} {problem}")
+    return key
+
+
+def _load_ca(path: Path, key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    """The CA certificate in ``path``, which must be ``key``'s, a CA's, and valid now."""
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (ValueError, OSError):
+        raise ValueError(f"{path} is not a PEM certificate") from None
+    if cert.public_key() != key.public_key():
+        raise ValueError(f"{path} and its {CA_KEY} are not one pair")
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        can_sign = constraints.ca and usage.key_cert_sign
+    except x509.ExtensionNotFound:
+        can_sign = False
+    if not can_sign:
+        raise ValueError(f"{path} is not a CA certificate that may sign certificates")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
+        raise ValueError(f"{path} is not valid now (until {cert.not_valid_after_utc:%Y-%m-%d})")
+    return cert
+
+
 def _validity(builder: x509.CertificateBuilder, days: int) -> x509.CertificateBuilder:
-    if days < 1:
-        raise ValueError(f"days must be at least 1, got {days}")
+    if not 1 <= days <= MAX_DAYS + 10:
+        raise ValueError(f"days must be in [1, {MAX_DAYS}], got {days}")
     now = datetime.datetime.now(datetime.timezone.utc)
     return (
         builder.serial_number(x509.random_serial_number())
@@ -160,16 +229,8 @@ def _validity(builder: x509.CertificateBuilder, days: int) -> x509.CertificateBu
     )
 
 
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        os.fchmod(handle.fileno(), 0o600)
-        handle.write(pem)
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -188,7 +249,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--days", type=int, default=365, help="server certificate validity")
     args = parser.parse_args(argv)
-    files = write_certificates(args.folder, args.host, args.days)
+    try:
+        files = write_certificates(args.folder, args.host, args.days)
+    except (ValueError, OSError) as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
     print(f"SuperLink: --ssl-ca-certfile {files.ca_cert} --ssl-certfile {files.server_cert}")
     print(f"           --ssl-keyfile {files.server_key}")
     print(f"SuperNodes and flwr: --root-certificates / root-certificates = {files.ca_cert}")

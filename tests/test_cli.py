@@ -239,3 +239,16 @@ def test_simulate_warns_of_rounds_that_changed_nothing(
     assert "rounds [1] changed nothing (3 failed device rounds" in capsys.readouterr().err
     assert _report_failures([round_(1, 3, 3, False), round_(2, 2, 2, False)], tmp_path) == 1
     assert "every device failed in every round" in capsys.readouterr().err
+
+
+def test_an_unwritable_json_path_or_an_infinite_rate_fails_before_the_work(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if Path("/proc").is_dir():  # a folder no file can be made in, even by root
+        assert (
+            main(["evaluate", "--data", "demo", "--model", "popularity", "--json", "/proc/x.json"])
+            == 2
+        )
+        assert "--json /proc/x.json: cannot write in /proc" in capsys.readouterr().err
+    assert main(["train", "--central", "--data", "demo", "--learning-rate", "inf"]) == 2
+    assert "learning_rate must be a finite number > 0, got inf" in capsys.readouterr().err

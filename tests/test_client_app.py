@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
-from fedrec.client.app import train_device
+from fedrec.client.app import device_partition, train_device
 from fedrec.shared.federated.local import LocalConfig
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.model.network import Recommender
@@ -42,3 +43,52 @@ def test_a_sampled_device_spends_its_budget_over_its_planned_participations(
     assert epsilons[:5] == sorted(epsilons[:5]) and epsilons[5] == epsilons[4]
     # Planned for 5 of the 10 rounds, not all 10: the fifth spends nearly the whole budget.
     assert 7.0 < epsilons[4] <= settings.privacy.target_epsilon
+
+
+def test_a_device_refuses_messages_it_cannot_train_from_and_spends_nothing(
+    tmp_path: Path,
+) -> None:
+    settings = FederationSettings.for_data(
+        "demo", devices=3, rounds=2, out=str(tmp_path), local=LocalConfig(max_examples=8)
+    )
+    ensure_secret(tmp_path)
+    state = Recommender(settings.model).state_dict()
+    good = ArrayRecord(state)
+    name = next(iter(state))
+    nan = ArrayRecord({**state, name: torch.full_like(state[name], float("nan"))})
+    ints = ArrayRecord({**state, name: state[name].to(torch.int64)})
+    round_1 = ConfigRecord({"server-round": 1})
+    for records, message in [
+        ({"config": round_1}, r"no global weights \(no 'arrays' record\)"),
+        ({"arrays": nan, "config": round_1}, rf"weight '{name}' is not finite floats"),
+        ({"arrays": ints, "config": round_1}, rf"weight '{name}' is not finite floats"),
+        (
+            {"arrays": good, "frozen": ArrayRecord({name: state[name]}), "config": round_1},
+            rf"sends weight '{name}' twice",
+        ),
+        (
+            {"arrays": ArrayRecord({"bogus": state[name]}), "config": round_1},
+            "weights are not this run's network",
+        ),
+        ({"arrays": good}, "server-round must be an integer >= 1, got None"),
+        ({"arrays": good, "config": ConfigRecord({"server-round": -7})}, "got -7"),
+        ({"arrays": good, "config": ConfigRecord({"server-round": True})}, "got True"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            train_device(settings, 0, RecordDict(records))
+    assert not (tmp_path / "devices").exists()  # no store made, no budget spent
+
+
+def test_a_device_names_a_partition_id_it_cannot_be() -> None:
+    settings = FederationSettings(devices=3)
+    for partition in (None, "0", 1.9, True, -3, 3):
+        config = {} if partition is None else {"partition-id": partition}
+        context = Context(
+            run_id=1, node_id=1, node_config=config, state=RecordDict(), run_config={}
+        )
+        with pytest.raises(ValueError, match=r"partition-id must be an integer in \[0, 3\)"):
+            device_partition(context, settings)
+    context = Context(
+        run_id=1, node_id=1, node_config={"partition-id": 2}, state=RecordDict(), run_config={}
+    )
+    assert device_partition(context, settings) == 2

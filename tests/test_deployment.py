@@ -27,9 +27,11 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from fedrec.server.tls import subject_alternative_names, write_certificates
+from fedrec.server.tls import main as tls_main
+from fedrec.server.tls import make_ca, subject_alternative_names, write_certificates
 
 needs_proc = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="finds and stops processes through /proc"
@@ -74,10 +76,72 @@ def test_a_new_server_certificate_keeps_the_ca(tmp_path: Path) -> None:
     x509.load_pem_x509_certificate(second.server_cert.read_bytes()).verify_directly_issued_by(ca)
 
 
-@pytest.mark.parametrize("host", ["", "two words", "http://x/", " 10.0.0.1"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "",
+        "two words",
+        "http://x/",
+        " 10.0.0.1",
+        "10.0.0.256",
+        "link:9091",
+        "[::1]",
+        "a..b",
+        "bücher.de",
+        "-x.org",
+    ],
+)
 def test_bad_hosts_are_refused(host: str) -> None:
     with pytest.raises(ValueError, match="not a host name or IP address"):
         subject_alternative_names([host])
+
+
+def test_nothing_is_written_or_overwritten_that_would_break_trust_or_a_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    signing = tmp_path / "run"  # a run folder: its server.key signs the item bundles
+    signing.mkdir()
+    (signing / "server.key").write_bytes(
+        ed25519.Ed25519PrivateKey.generate().private_bytes(
+            Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
+        )
+    )
+    before = (signing / "server.key").read_bytes()
+    with pytest.raises(ValueError, match=r"server.key is not a TLS key this tool wrote"):
+        write_certificates(signing)
+    assert (signing / "server.key").read_bytes() == before
+    assert sorted(p.name for p in signing.iterdir()) == ["server.key"]
+
+    half = tmp_path / "half"
+    write_certificates(half)
+    (half / "ca.pem").unlink()
+    ca_key = (half / "ca.key").read_bytes()
+    with pytest.raises(ValueError, match=r"has ca.key but not the other half of the CA pair"):
+        write_certificates(half)
+    assert (half / "ca.key").read_bytes() == ca_key
+
+    mixed = tmp_path / "mixed"
+    write_certificates(mixed)
+    (mixed / "ca.key").write_bytes((half / "server.key").read_bytes())  # another key
+    with pytest.raises(ValueError, match=r"ca.pem and its ca.key are not one pair"):
+        write_certificates(mixed)
+    ending = tmp_path / "ending"  # a CA with 10 days left
+    ending.mkdir()
+    key, cert = make_ca(days=10)
+    (ending / "ca.key").write_bytes(
+        key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    )
+    (ending / "ca.pem").write_bytes(cert.public_bytes(Encoding.PEM))
+    with pytest.raises(ValueError, match=r"valid for 30 days would outlive its CA"):
+        write_certificates(ending, days=30)
+    assert sorted(p.name for p in ending.iterdir()) == ["ca.key", "ca.pem"]
+    write_certificates(tmp_path / "longest", days=3650)  # a new CA outlives it
+
+    with pytest.raises(SystemExit) as exited:
+        tls_main([str(tmp_path / "bad"), "--host", "link:9091"])
+    assert exited.value.code == 2
+    assert "error: not a host name or IP address: 'link:9091'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def _free_ports(count: int) -> list[int]:

@@ -3,6 +3,7 @@ the run's seed, not with Flower's unseeded ``random`` over random node ids."""
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import cast
 
@@ -16,6 +17,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedrec.server.strategy import (
     QUERY_ATTEMPTS,
     SeededSamplingStrategy,
+    _unique_partitions,
     array_record,
     seeded_sample,
 )
@@ -105,3 +107,10 @@ def test_requests_go_to_the_seeded_devices_and_silent_nodes_are_asked_again(
     assert [m.metadata.dst_node_id for m in trained] == seeded_sample(
         {**known, newcomer: 20}, 5, 11, 5, "train"
     )
+
+
+def test_nodes_claiming_one_device_are_left_out(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        known = _unique_partitions({101: 0, 102: 0, 103: 1, 104: 2})
+    assert known == {103: 1, 104: 2}
+    assert "nodes claiming the same device are left out: partitions [0]" in caplog.text

@@ -7,6 +7,7 @@ next item over the whole catalog. Every parameter's gradient is a sum of per-exa
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -53,8 +54,8 @@ class TrainConfig:
         for name in ("epochs", "batch_users", "max_events", "loss_positions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not 0 < self.learning_rate < math.inf:
+            raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
 
 
 @dataclass(frozen=True)

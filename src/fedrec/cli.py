@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,8 +50,11 @@ def _check_json_path(path: Path | None) -> None:
         raise ValueError(f"--json {path}: is a folder, not a file")
     if not path.parent.is_dir():
         raise ValueError(f"--json {path}: no folder {path.parent}")
-    if not os.access(path.parent, os.W_OK):
-        raise ValueError(f"--json {path}: cannot write in {path.parent}")
+    try:  # a real file, as write_json writes it: os.access trusts root and special folders
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}."):
+            pass
+    except OSError as err:
+        raise ValueError(f"--json {path}: cannot write in {path.parent} ({err.strerror})") from None
 
 
 def _evaluate(args: argparse.Namespace) -> int:
