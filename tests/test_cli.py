@@ -252,3 +252,19 @@ def test_an_unwritable_json_path_or_an_infinite_rate_fails_before_the_work(
         assert "--json /proc/x.json: cannot write in /proc" in capsys.readouterr().err
     assert main(["train", "--central", "--data", "demo", "--learning-rate", "inf"]) == 2
     assert "learning_rate must be a finite number > 0, got inf" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("model", "option", "flag"),
+    [
+        ("popularity", ["--ease-lambda", "-1"], "--ease-lambda applies to --model ease only"),
+        ("ease", ["--last", "3"], "--last applies to --model frozen only"),
+        ("popularity", ["--encoder", "/nowhere"], "--encoder applies to --model frozen only"),
+        ("ease", ["--max-length", "16"], "--max-length applies to --model frozen only"),
+    ],
+)
+def test_an_option_of_another_model_is_an_error(
+    model: str, option: list[str], flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["evaluate", "--data", "demo", "--model", model, *option]) == 2
+    assert flag in capsys.readouterr().err

@@ -57,12 +57,28 @@ def _check_json_path(path: Path | None) -> None:
         raise ValueError(f"--json {path}: cannot write in {path.parent} ({err.strerror})") from None
 
 
+#: ``fedrec evaluate``'s options that only one model takes: destination, flag, model.
+MODEL_OPTIONS = (
+    ("ease_lambda", "--ease-lambda", "ease"),
+    ("last", "--last", "frozen"),
+    ("encoder", "--encoder", "frozen"),
+    ("max_length", "--max-length", "frozen"),
+)
+
+
 def _evaluate(args: argparse.Namespace) -> int:
+    for name, flag, owner in MODEL_OPTIONS:
+        if getattr(args, name) is not None and args.model != owner:
+            raise ValueError(f"{flag} applies to --model {owner} only, not {args.model}")
+    defaults = BaselineConfig(args.model)
     model = BaselineConfig(
         name=args.model,
-        ease_lambda=args.ease_lambda,
-        frozen_last=args.last,
-        encoder=EncoderConfig(model=args.encoder, max_length=args.max_length),
+        ease_lambda=defaults.ease_lambda if args.ease_lambda is None else args.ease_lambda,
+        frozen_last=defaults.frozen_last if args.last is None else args.last,
+        encoder=EncoderConfig(
+            model=defaults.encoder.model if args.encoder is None else args.encoder,
+            max_length=defaults.encoder.max_length if args.max_length is None else args.max_length,
+        ),
     )
     result = run_baseline(
         args.data, model, EvaluationConfig(resamples=args.resamples, seed=args.seed)
@@ -391,19 +407,14 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, metavar="SPEC", help=SPEC_HELP)
     evaluate.add_argument("--model", required=True, choices=BASELINES, help="model to evaluate")
     evaluate.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
-    evaluate.add_argument(
-        "--ease-lambda", type=float, default=100.0, help="EASE's L2 weight (default: 100)"
-    )
-    evaluate.add_argument(
-        "--last", type=int, default=5, help="frozen: history items averaged (default: 5)"
-    )
+    evaluate.add_argument("--ease-lambda", type=float, help="ease: L2 weight (default: 100)")
+    evaluate.add_argument("--last", type=int, help="frozen: history items averaged (default: 5)")
     evaluate.add_argument(
         "--encoder",
-        default=EncoderConfig().model,
         help="frozen: encoder, the bundled default, a Hugging Face id or a local folder",
     )
     evaluate.add_argument(
-        "--max-length", type=int, default=48, help="frozen: tokens per item text (default: 48)"
+        "--max-length", type=int, help="frozen: tokens per item text (default: 48)"
     )
     evaluate.add_argument(
         "--resamples", type=int, default=1000, help="bootstrap resamples (default: 1000)"
