@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import statistics
 import time
 from dataclasses import dataclass, fields
@@ -62,7 +61,15 @@ from fedrec.shared.federated.user_level import (
     user_level_epsilon,
     user_noise_norm,
 )
-from fedrec.shared.files import read_json, read_json_lines, write_atomic, write_json
+from fedrec.shared.files import (
+    check_output_folder,
+    json_number,
+    json_object,
+    read_json,
+    read_json_lines,
+    write_atomic,
+    write_json,
+)
 from fedrec.shared.model.network import Recommender, initial_network, split_state
 from fedrec.shared.quantization import quantize_int8
 from fedrec.simulations.keys import ensure_secret
@@ -325,8 +332,7 @@ def check_run_folder(out: Path, settings: FederationSettings) -> int:
     cannot hold the run ``settings`` describe: a file; the files of an earlier run without its
     checkpoint (starting over would overwrite them); a checkpoint that ``check_resumable``
     refuses; a damaged ``budgets.json``."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"the run folder {out} is a file, not a folder")
+    check_output_folder(out, "the run folder")
     if not (out / CHECKPOINT).exists():
         earlier = [name for name in (METRICS, SUMMARY) if (out / name).exists()]
         if earlier:
@@ -346,13 +352,16 @@ def load_budgets(out: Path) -> dict[str, float]:
     path = out / BUDGETS
     if not path.exists():
         return {}
-    saved = read_json(path)
-    if not isinstance(saved, dict) or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < math.inf
-        for v in saved.values()
-    ):
-        raise ValueError(f"{path}: expected a JSON object of device ids to the epsilon spent")
-    return {str(k): float(v) for k, v in saved.items()}
+    spent = {
+        str(device): json_number(epsilon, f"{path} device {device}'s epsilon")
+        for device, epsilon in json_object(
+            read_json(path), f"{path} (device ids to the epsilon spent)"
+        ).items()
+    }
+    negative = [device for device, epsilon in spent.items() if epsilon < 0]
+    if negative:
+        raise ValueError(f"{path}: devices {negative} have spent a negative epsilon")
+    return spent
 
 
 def _scalars(record: MetricRecord | None) -> dict[str, float] | None:

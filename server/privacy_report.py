@@ -14,7 +14,6 @@ folder. Two guarantees, reported side by side:
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import matplotlib.pyplot as plt
 
 from fedrec.server.federation import BUDGETS, METRICS, SUMMARY, load_budgets, read_metrics
 from fedrec.shared.federated.settings import FederationSettings
-from fedrec.shared.files import read_json, write_json
+from fedrec.shared.files import json_number, json_object, read_json, write_json
 
 #: An audit's figures in a run folder (``fedrec.simulations.audit`` writes them).
 AUDIT = "audit.json"
@@ -63,21 +62,23 @@ def read_run(folder: Path) -> RunPrivacy:
             f"{folder / SUMMARY}: not a fedrec run's summary (settings, metrics, ci95)"
         )
     where = folder / SUMMARY
-    settings = FederationSettings.from_run_config(_object(summary["settings"], f"{where} settings"))
+    settings = FederationSettings.from_run_config(
+        json_object(summary["settings"], f"{where} settings")
+    )
     lines = read_metrics(folder)
     if not lines:
         raise ValueError(f"{folder / METRICS} has no rounds")
     for line in lines:
         _check_round(folder / METRICS, line, settings.user_privacy.enabled)
     for name in ("metrics", "ci95"):
-        _object(summary[name], f"{where} {name}")
+        json_object(summary[name], f"{where} {name}")
     for key in ("hr@10", "ndcg@10"):
-        _number(summary["metrics"].get(key), f"{where} metrics {key}")
+        json_number(summary["metrics"].get(key), f"{where} metrics {key}")
         bounds = summary["ci95"].get(key)
         if not (isinstance(bounds, list) and len(bounds) == 2):
             raise ValueError(f"{where} ci95 {key} must be [low, high], got {bounds!r}")
         for bound in bounds:
-            _number(bound, f"{where} ci95 {key}")
+            json_number(bound, f"{where} ci95 {key}")
     spent = sorted(load_budgets(folder).values())
     if settings.privacy.enabled and not spent:
         raise ValueError(
@@ -137,11 +138,11 @@ AUDIT_FIELDS = ("auc", "planted_mean_rank", "control_mean_rank", "canaries", "re
 
 
 def _read_audit(path: Path) -> dict[str, Any]:
-    audit = _object(read_json(path), str(path))
+    audit = json_object(read_json(path), str(path))
     for key in AUDIT_FIELDS:
-        _number(audit.get(key), f"{path} {key}")
+        json_number(audit.get(key), f"{path} {key}")
     if "untrained_auc" in audit:
-        _number(audit["untrained_auc"], f"{path} untrained_auc")
+        json_number(audit["untrained_auc"], f"{path} untrained_auc")
     return audit
 
 
@@ -149,29 +150,17 @@ def _check_round(path: Path, line: dict[str, Any], user_level: bool) -> None:
     """A ValueError naming ``path`` and the round when a ``metrics.jsonl`` line lacks what the
     report reads: the harness metrics, and the epsilons where the run accounted them."""
     where = f"{path} round {line['round']}"
-    metrics = _object(line["metrics"], f"{where} metrics")
+    metrics = json_object(line["metrics"], f"{where} metrics")
     for key in ("hr@10", "ndcg@10"):
-        _number(metrics.get(key), f"{where} {key}")
+        json_number(metrics.get(key), f"{where} {key}")
     if line["epsilon"] is not None:
-        epsilon = _object(line["epsilon"], f"{where} epsilon")
+        epsilon = json_object(line["epsilon"], f"{where} epsilon")
         for key in ("min", "median", "max"):
-            _number(epsilon.get(key), f"{where} epsilon {key}")
+            json_number(epsilon.get(key), f"{where} epsilon {key}")
     if user_level:
-        _number(line["user_noise"], f"{where} user_noise")
+        json_number(line["user_noise"], f"{where} user_noise")
     if user_level or line["user_epsilon"] is not None:
-        _number(line["user_epsilon"], f"{where} user_epsilon")
-
-
-def _object(value: Any, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ValueError(f"{what} must be a JSON object, got {value!r}")
-    return value
-
-
-def _number(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{what} must be a number, got {value!r}")
-    return float(value)
+        json_number(line["user_epsilon"], f"{where} user_epsilon")
 
 
 def privacy_report(folder: Path, compare: tuple[Path, ...] = ()) -> RunPrivacy:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import logging
 import random
 from collections import Counter
@@ -142,7 +141,7 @@ def _unique_partitions(partitions: dict[int, int]) -> dict[int, int]:
     """``partitions`` (node id to partition id) without the nodes that claim a partition
     another online node claims too: which of them is the device cannot be told, and training
     both would count its user twice (a warning names them)."""
-    claims = collections.Counter(partitions.values())
+    claims = Counter(partitions.values())
     shared = sorted(p for p, count in claims.items() if count > 1)
     if shared:
         logger.warning("nodes claiming the same device are left out: partitions %s", shared)

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedrec.shared.files import write_atomic
+from fedrec.shared.files import check_output_folder, write_atomic
 
 LOOPBACK = ("127.0.0.1", "localhost")
 CA_CERT = "ca.pem"
@@ -153,9 +153,7 @@ def write_certificates(folder: Path, hosts: Sequence[str] = LOOPBACK, days: int 
     before anything is written: a ValueError names the host, the half of a CA pair that is
     missing, a CA that cannot sign for ``days``, or a ``server.key`` that is not a key this
     tool wrote (an Ed25519 bundle-signing key of a run folder, say)."""
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{folder} is a file, not a folder")
-    subject_alternative_names(hosts)
+    check_output_folder(folder, "the certificate folder")
     files = TlsFiles(folder / CA_CERT, folder / CA_KEY, folder / SERVER_CERT, folder / SERVER_KEY)
     present = [path.name for path in (files.ca_cert, files.ca_key) if path.exists()]
     if len(present) == 1:

@@ -1,9 +1,11 @@
 """Durable file writes (the device's store and bundle, the server's run folder, JSON results),
-and reading the run folder's JSON files with errors that name the file and line."""
+reading the run folder's JSON files with errors that name the file and line and the value,
+and the check of a folder a command writes into."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -41,6 +43,13 @@ def write_json(file: Path, value: Any, indent: int = 2) -> None:
     (``write_atomic``), readable by all (0644) like any result file."""
     text = json.dumps(value, indent=indent) + "\n"
     write_atomic(file, text.encode("utf-8"), mode=0o644)
+
+
+def check_output_folder(folder: Path, what: str) -> None:
+    """A ValueError when ``folder`` (``what``: "the run folder", say) exists and is not a
+    folder, before a command writes into it."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{what} {folder} is a file, not a folder")
 
 
 def fsync_dir(directory: Path) -> None:
@@ -81,3 +90,18 @@ def read_json_lines(path: Path, keys: tuple[str, ...] = ()) -> list[dict[str, An
             raise ValueError(f"{path}, line {number}: missing {', '.join(missing)}")
         objects.append(value)
     return objects
+
+
+def json_object(value: Any, what: str) -> dict[str, Any]:
+    """``value`` when it is a JSON object; a ValueError naming ``what`` otherwise."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a JSON object, got {value!r}")
+    return value
+
+
+def json_number(value: Any, what: str) -> float:
+    """``value`` as a float when it is a finite JSON number (not a bool); a ValueError naming
+    ``what`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a number, got {value!r}")
+    return float(value)

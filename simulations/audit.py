@@ -11,7 +11,7 @@ from typing import Any
 from fedrec.server.checkpoint import load_checkpoint
 from fedrec.server.privacy_report import AUDIT, privacy_report
 from fedrec.shared.federated.settings import FederationSettings
-from fedrec.shared.files import write_json
+from fedrec.shared.files import check_output_folder, write_json
 from fedrec.shared.model.network import Recommender, initial_network
 from fedrec.simulations.canaries import audit, make_canaries
 from fedrec.simulations.run import simulate
@@ -41,8 +41,7 @@ def run_audit(base: FederationSettings, out: Path) -> dict[str, Any]:
     ``out/audit.json``; returns the latter's content."""
     if base.canaries < 1:
         raise ValueError("an audit needs canaries: set canaries >= 1")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"the audit folder {out} is a file, not a folder")
+    check_output_folder(out, "the audit folder")
     world = federation_world(base)
     canaries = make_canaries(world.split.num_items, base.devices, base.canaries, base.seed)
     items = world.features.table[: world.split.num_items]

@@ -15,7 +15,7 @@ from typing import Any
 
 from fedrec.server.privacy_report import RunPrivacy, privacy_report
 from fedrec.shared.federated.settings import FederationSettings, user_level_local
-from fedrec.shared.files import write_json
+from fedrec.shared.files import check_output_folder, write_json
 from fedrec.simulations.run import simulate
 
 #: The epsilons of the study (None: without DP).
@@ -59,8 +59,7 @@ def privacy_study(
     base: FederationSettings, out: Path, epsilons: tuple[float, ...] = EPSILONS
 ) -> list[dict[str, Any]]:
     """Run the study for ``base`` (its data, devices and rounds); returns the table's rows."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"the study folder {out} is a file, not a folder")
+    check_output_folder(out, "the study folder")
     out.mkdir(parents=True, exist_ok=True)
     runs = study_runs(epsilons)
     folders = [out / run.name for run in runs]

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from fedrec.shared.files import read_json, read_json_lines, write_atomic, write_json
+from fedrec.shared.files import (
+    check_output_folder,
+    json_number,
+    json_object,
+    read_json,
+    read_json_lines,
+    write_atomic,
+    write_json,
+)
 
 
 def test_write_json_round_trips_and_leaves_no_temp_file(tmp_path: Path) -> None:
@@ -58,3 +66,18 @@ def test_read_json_lines_names_the_first_bad_line(tmp_path: Path) -> None:
         read_json_lines(metrics, keys=("round",))
     metrics.write_text('{"round": 1}\n\n{"round": 2}\n', encoding="utf-8")
     assert read_json_lines(metrics, keys=("round",)) == [{"round": 1}, {"round": 2}]
+
+
+def test_json_values_are_checked_with_errors_that_name_them(tmp_path: Path) -> None:
+    assert json_object({"a": 1}, "x") == {"a": 1}
+    assert json_number(3, "x") == 3.0
+    with pytest.raises(ValueError, match=r"summary.json settings must be a JSON object, got 5"):
+        json_object(5, "summary.json settings")
+    for bad in (True, "1", None, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="round 1 hr@10 must be a number"):
+            json_number(bad, "round 1 hr@10")
+    check_output_folder(tmp_path, "the run folder")
+    check_output_folder(tmp_path / "new", "the run folder")
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ValueError, match=r"the run folder .*a-file is a file, not a folder"):
+        check_output_folder(tmp_path / "a-file", "the run folder")

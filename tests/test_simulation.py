@@ -540,7 +540,7 @@ def test_a_run_folder_the_run_cannot_go_on_from_is_refused_before_anything_runs(
         ),
         "budgets-not-an-object": (
             lambda f: (f / "budgets.json").write_text("[]\n"),
-            r"budgets.json: expected a JSON object of device ids",
+            r"budgets.json \(device ids to the epsilon spent\) must be a JSON object",
         ),
         "lost-store": (
             lambda f: _store_of_device_0(f).unlink(),
