@@ -17,7 +17,7 @@ from flwr.serverapp.strategy import FedAdam
 from fedrec.server.strategy import array_record, record_arrays
 from fedrec.shared.federated.settings import RESUMABLE_KEYS, FederationSettings, resume_conflicts
 from fedrec.shared.files import read_json, write_atomic, write_json
-from fedrec.shared.model.network import Recommender, initial_network
+from fedrec.shared.model.network import Recommender
 from fedrec.simulations.keys import SECRET_FILE
 
 CHECKPOINT = "checkpoint.npz"
@@ -102,7 +102,7 @@ def check_resumable(out: Path, settings: FederationSettings) -> int:
                 f"may change only {', '.join(sorted(RESUMABLE_KEYS))}: resume it with its own "
                 "settings, or start the new run in another folder"
             )
-    done = resume(out, initial_network(settings.model, settings.seed))[0]
+    done = resume(out, Recommender(settings.model))[0]
     if done > settings.rounds:
         raise ValueError(
             f"{out} holds a run that has done {done} rounds, more than the {settings.rounds} "

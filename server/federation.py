@@ -157,7 +157,7 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
     ensure_secret(out)
     started = time.perf_counter()
     world = federation_world(settings)
-    network = initial_network(settings.model, settings.seed)
+    network = initial_network(settings.model, settings.seed, world.features.items)
     done, training, moments = resume(out, network)
     if done:
         logger.info("resuming after round %d from %s", done, out / CHECKPOINT)
@@ -295,7 +295,7 @@ def _publish(
     """Re-embed the catalog with the new item tower over the cached frozen-encoder features
     (only the trainable part is recomputed) and write a signed bundle."""
     with torch.no_grad():
-        vectors = network.items(world.features.table[: world.split.num_items]).numpy()
+        vectors = network.items(world.features.items).numpy()
     embeddings = quantize_int8(vectors) if settings.bundle_format == "int8" else vectors
     bundle = ItemBundle(
         version=server_round,

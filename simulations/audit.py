@@ -44,8 +44,8 @@ def run_audit(base: FederationSettings, out: Path) -> dict[str, Any]:
     check_output_folder(out, "the audit folder")
     world = federation_world(base)
     canaries = make_canaries(world.split.num_items, base.devices, base.canaries, base.seed)
-    items = world.features.table[: world.split.num_items]
-    untrained = audit(initial_network(base.model, base.seed), items, canaries)
+    items = world.features.items
+    untrained = audit(initial_network(base.model, base.seed, items), items, canaries)
     results: dict[str, Any] = {UNTRAINED: dataclasses.asdict(untrained)}
     for name, settings in audit_runs(base, out).items():
         simulate(settings)

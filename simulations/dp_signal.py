@@ -132,7 +132,7 @@ def dp_signal(
     if not settings.privacy.enabled:
         raise ValueError("the noise-to-signal ratio needs DP-SGD on")
     world = federation_world(settings)
-    network = initial_network(settings.model, settings.seed)
+    network = initial_network(settings.model, settings.seed, world.features.items)
     counts = [len(world.examples(p, settings.local)) for p in range(settings.devices)]
     planned = settings.planned_participations
     plans = [plan_round(n, settings.local, settings.privacy, planned) for n in counts if n]

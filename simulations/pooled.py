@@ -107,7 +107,7 @@ def train_pooled(
     device = str(torch_device(device))  # fail before the data loads; "auto" resolved
     world = federation_world(settings)
     examples = pooled_examples(world, settings.devices, settings.local)
-    network = initial_network(settings.model, settings.seed)
+    network = initial_network(settings.model, settings.seed, world.features.items)
     plan = plan_round(len(examples), settings.local, settings.privacy, planned_rounds=1)
     result = train_local(
         network,

@@ -160,7 +160,7 @@ def pack(data: str, devices: int, max_examples: int = 256, history: int = 200) -
         history_types[position, :n] = sequences.types[latest]
         history_lengths[position] = n
         allowed[position, split.history(position)] = False
-    network = initial_network(settings.model, settings.seed)
+    network = initial_network(settings.model, settings.seed, world.features.items)
     return SweepData(
         table=world.features.table.float(),
         num_items=split.num_items,
@@ -186,6 +186,8 @@ def pack(data: str, devices: int, max_examples: int = 256, history: int = 200) -
 
 def item_vectors(weights: Weights, features: torch.Tensor) -> torch.Tensor:
     """``ItemTower`` (low-rank) per device: features ``(D, N, F)`` to unit vectors."""
+    if "items.center" in weights:  # ModelConfig.center_features
+        features = F.normalize(features - weights["items.center"][:, None, :], dim=-1)
     low = torch.einsum("dnf,drf->dnr", features, weights["items.project.weight"])
     expanded = torch.einsum("dnr,dfr->dnf", low, weights["items.expand.weight"])
     return F.normalize(features + expanded + weights["items.expand.bias"][:, None, :], dim=-1)

@@ -55,7 +55,7 @@ def update_norms(
     if sample < 1 or not clipping_norms or not all(0 < c < math.inf for c in clipping_norms):
         raise ValueError("update norms need sample >= 1 and finite positive clipping norms")
     world = federation_world(settings)
-    initial = initial_network(settings.model, settings.seed)
+    initial = initial_network(settings.model, settings.seed, world.features.items)
     names = trained_names(initial, settings.local.trained)
     start = {name: value.detach().clone() for name, value in initial.state_dict().items()}
     off = PrivacyConfig(enabled=False)

@@ -261,6 +261,7 @@ def test_an_unwritable_json_path_or_an_infinite_rate_fails_before_the_work(
         ("ease", ["--last", "3"], "--last applies to --model frozen only"),
         ("popularity", ["--encoder", "/nowhere"], "--encoder applies to --model frozen only"),
         ("ease", ["--max-length", "16"], "--max-length applies to --model frozen only"),
+        ("popularity", ["--center"], "--center applies to --model frozen only"),
     ],
 )
 def test_an_option_of_another_model_is_an_error(

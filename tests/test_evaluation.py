@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from fedrec.shared.data.dataset import Dataset, FloatArray, IntArray, Interactions, UserTexts
-from fedrec.shared.evaluation.baselines import Ease, Popularity, regularised_gram_inverse
+from fedrec.shared.evaluation.baselines import (
+    Ease,
+    FrozenEncoder,
+    Popularity,
+    regularised_gram_inverse,
+)
 from fedrec.shared.evaluation.harness import EvaluationConfig, evaluate, rank_test_items
 from fedrec.shared.evaluation.metrics import (
     bootstrap_ci,
@@ -184,6 +189,23 @@ def test_popularity_scores_are_fit_counts() -> None:
     model.fit(split)
     counts = np.bincount(split.fit.items, minlength=split.num_items)
     np.testing.assert_array_equal(model.score(np.array([0, 1]))[1], counts)
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_frozen_encoder_scores_cosines_to_the_mean_of_the_last_items(center: bool) -> None:
+    split = temporal_split(random_dataset(2))
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(split.num_items, 8)) + 3.0  # one shared direction
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    model = FrozenEncoder(lambda texts: vectors[[int(t.split()[1]) for t in texts]], 2, center)
+    model.fit(split)
+    items = vectors - vectors.mean(axis=0) if center else vectors
+    items = items / np.linalg.norm(items, axis=1, keepdims=True)
+    positions = np.arange(5)
+    users = np.stack([items[split.history(int(p))[-2:]].mean(axis=0) for p in positions])
+    users /= np.linalg.norm(users, axis=1, keepdims=True)
+    np.testing.assert_allclose(model.score(positions), users @ items.T, atol=1e-12)
+    assert ("centred" in model.name) == center
 
 
 def test_woodbury_inverse_equals_direct_inverse() -> None:

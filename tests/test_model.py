@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +17,7 @@ from fedrec.shared.model.network import (
     TEXT_EVENT,
     ModelConfig,
     Recommender,
+    initial_network,
     split_state,
     trained_names,
 )
@@ -106,6 +110,41 @@ def test_untrained_item_tower_is_the_normalised_encoder(rank: int) -> None:
     assert size == (2 * 3 * 12 + 12 if rank else 12 * 12 + 12), f"item tower has {size} params"
 
 
+@pytest.mark.parametrize("rank", [0, 3])
+def test_a_centred_item_tower_starts_as_the_encoder_centred_on_the_catalog(rank: int) -> None:
+    config = ModelConfig(feature_dim=12, item_dim=12, hidden_dim=8, item_rank=rank)
+    centred = dataclasses.replace(config, center_features=True)
+    catalog = F.normalize(torch.randn(50, 12) + 2.0, dim=-1)  # one shared direction
+    model = initial_network(centred, seed=0, catalog=catalog)
+    features = torch.randn(4, 12)
+    expected = F.normalize(features - catalog.double().mean(dim=0).float(), dim=-1)
+    with torch.no_grad():
+        torch.testing.assert_close(model.items(features), expected)
+        items = model.items(catalog)
+    assert float(items.mean(dim=0).norm()) < 0.5 * float(catalog.mean(dim=0).norm())
+    # a frozen buffer: never trained, always in the state a device is sent
+    assert "items.center" in model.state_dict()
+    assert "items.center" not in trained_names(model, "all")
+    assert "items.center" not in Recommender(config).state_dict()
+
+
+def test_a_centred_item_tower_refuses_to_run_uncentred_or_on_a_bad_catalog() -> None:
+    centred = ModelConfig(feature_dim=12, item_dim=12, hidden_dim=8, center_features=True)
+    with pytest.raises(ValueError, match="needs the catalog's features"):
+        initial_network(centred, seed=0)
+    with pytest.raises(RuntimeError, match="never set"):
+        Recommender(centred).items(torch.randn(2, 12))
+    for catalog, problem in (
+        (torch.randn(5, 11), r"must be \(items, 12\)"),
+        (torch.randn(0, 12), r"must be \(items, 12\)"),
+        (torch.full((5, 12), math.nan), "not finite"),
+    ):
+        with pytest.raises(ValueError, match=problem):
+            initial_network(centred, seed=0, catalog=catalog)
+    with pytest.raises(ValueError, match="does not centre"):
+        Recommender(SMALL).items.center_on(torch.randn(5, SMALL.feature_dim))
+
+
 def test_low_rank_item_tower_learns_a_rank_r_change() -> None:
     torch.manual_seed(0)
     model = Recommender(ModelConfig(feature_dim=12, item_dim=12, hidden_dim=8, item_rank=3))
@@ -172,7 +211,8 @@ def test_sequences_merge_items_and_texts_in_time_order() -> None:
     assert seq.next_items[seq.user(1)].tolist() == [1, -1]
 
 
-def test_central_training_learns_a_planted_pattern() -> None:
+@pytest.mark.parametrize("center", [False, True])
+def test_central_training_learns_a_planted_pattern(center: bool) -> None:
     # Item i is always followed by item (i + 1) % 6; features are random but fixed.
     rng = np.random.default_rng(0)
     users = np.repeat(np.arange(20), 8)
@@ -181,7 +221,8 @@ def test_central_training_learns_a_planted_pattern() -> None:
     seq = build_sequences(20, 6, rows, UserTexts.empty())
     torch.manual_seed(0)
     features = Features(F.normalize(torch.randn(6, 12), dim=-1), num_items=6)
-    model = Recommender(SMALL)
+    config = dataclasses.replace(SMALL, center_features=center)
+    model = initial_network(config, seed=0, catalog=features.items)
     log = train_central(
         model, seq, features, TrainConfig(epochs=30, batch_users=5, learning_rate=1e-2)
     )

@@ -218,7 +218,7 @@ def test_bundles_are_signed_and_track_the_item_tower(run: Run) -> None:
             {k: torch.from_numpy(saved[k]) for k in saved.files if k != "__round__"}
         )
     with torch.no_grad():
-        expected = network.items(world.features.table[: world.split.num_items]).numpy()
+        expected = network.items(world.features.items).numpy()
     np.testing.assert_allclose(bundles[1].dense(), expected, atol=1e-6)
 
 
@@ -431,7 +431,7 @@ def test_the_server_publishes_a_moving_average_and_devices_train_the_weights(
     public = load_private_key(tmp_path / "server.key").public_key()
     bundle = verify_bundle((tmp_path / "bundles" / "items-2.bundle").read_bytes(), public)
     with torch.no_grad():
-        expected = network.items(world.features.table[: world.split.num_items]).numpy()
+        expected = network.items(world.features.items).numpy()
     np.testing.assert_allclose(bundle.dense(), expected, atol=1e-6)
     scorer = NetworkRecommender(network.eval())
     scorer.use(world.split, world.sequences, world.features)
@@ -439,6 +439,32 @@ def test_the_server_publishes_a_moving_average_and_devices_train_the_weights(
     evaluated = point_estimates(*rank_users(scorer, world.split, positions), world.split.num_items)
     line = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert line["device_metrics"]["mrr"] == pytest.approx(evaluated["mrr"], abs=1e-12)
+
+
+def test_a_centred_network_reaches_the_devices_the_bundles_and_the_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """With ``center_features`` the server centres the network on the catalog's features;
+    the centre is a frozen weight that every device is sent (a device builds its network
+    uncentred and could not train without it) and the bundles use."""
+    base = small_federation(tmp_path, rounds=1, fraction_evaluate=0.0)
+    settings = dataclasses.replace(
+        base, model=dataclasses.replace(base.model, center_features=True)
+    )
+    simulation_run.simulate(settings)
+    line = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert (line["devices"], line["failed"], line["applied"]) == (DEVICES, 0, True)
+    world = load_world(settings.data, settings.devices)
+    saved = _checkpoint(tmp_path)
+    catalog_mean = world.features.items.double().mean(dim=0).float().numpy()
+    np.testing.assert_allclose(saved["items.center"], catalog_mean, atol=1e-7)
+    network = Recommender(settings.model)
+    network.load_state_dict({k: torch.from_numpy(v) for k, v in saved.items() if "/" not in k})
+    public = load_private_key(tmp_path / "server.key").public_key()
+    bundle = verify_bundle((tmp_path / "bundles" / "items-1.bundle").read_bytes(), public)
+    with torch.no_grad():
+        expected = network.items(world.features.items).numpy()
+    np.testing.assert_allclose(bundle.dense(), expected, atol=1e-6)
 
 
 def test_the_run_seed_picks_the_devices_of_each_round(

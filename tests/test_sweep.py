@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +29,9 @@ CONFIG = ModelConfig(
 )
 
 
-def _perturbed(seed: int) -> Recommender:
+def _perturbed(seed: int, config: ModelConfig = CONFIG) -> Recommender:
     torch.manual_seed(seed)
-    network = Recommender(CONFIG)
+    network = Recommender(config)
     with torch.no_grad():
         for parameter in network.parameters():
             parameter.add_(0.3 * torch.randn_like(parameter))
@@ -50,9 +51,14 @@ def _examples(seed: int, batch: int) -> tuple[torch.Tensor, ...]:
     )
 
 
-def test_the_sweep_network_and_its_gradients_are_the_recommender_s() -> None:
-    networks = [_perturbed(1), _perturbed(2)]
+@pytest.mark.parametrize("center", [False, True])
+def test_the_sweep_network_and_its_gradients_are_the_recommender_s(center: bool) -> None:
+    config = dataclasses.replace(CONFIG, center_features=center)
+    networks = [_perturbed(1, config), _perturbed(2, config)]
     table, rows, types, lengths, candidates = _examples(seed=0, batch=5)
+    if center:
+        for network in networks:
+            network.items.center_on(table[:20] + 1.0)
     stacked = {
         name: torch.stack([n.state_dict()[name] for n in networks]).requires_grad_()
         for name in networks[0].state_dict()

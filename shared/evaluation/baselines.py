@@ -90,20 +90,29 @@ def regularised_gram_inverse(matrix: FloatArray, l2: float) -> FloatArray:
 class FrozenEncoder:
     """Cosine between each item's text embedding and the mean of the user's last k items.
 
-    ``embed`` maps item texts to L2-normalised vectors (the frozen text encoder).
+    ``embed`` maps item texts to L2-normalised vectors (the frozen text encoder). With
+    ``center`` the embeddings are first centred on the catalog's mean and renormalised, as the
+    network's item tower does under ``ModelConfig.center_features``.
     """
 
-    def __init__(self, embed: Callable[[list[str]], FloatArray], last: int = 5) -> None:
+    def __init__(
+        self, embed: Callable[[list[str]], FloatArray], last: int = 5, center: bool = False
+    ) -> None:
         if last < 1:
             raise ValueError(f"last must be at least 1, got {last}")
         self.last = last
-        self.name = f"frozen(last={last})"
+        self.center = center
+        self.name = f"frozen(last={last}{', centred' if center else ''})"
         self._embed = embed
         self._items: FloatArray | None = None
         self._split: Split | None = None
 
     def fit(self, split: Split) -> None:
-        self._items = np.asarray(self._embed(split.dataset.item_texts), dtype=np.float64)
+        items = np.asarray(self._embed(split.dataset.item_texts), dtype=np.float64)
+        if self.center:
+            items = items - items.mean(axis=0)
+            items /= np.maximum(np.linalg.norm(items, axis=1, keepdims=True), 1e-12)
+        self._items = items
         self._split = split
 
     def score(self, positions: IntArray) -> FloatArray:
@@ -126,6 +135,7 @@ class BaselineConfig:
     name: str
     ease_lambda: float = 100.0
     frozen_last: int = 5
+    frozen_center: bool = False
     encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(max_length=48))
 
     def __post_init__(self) -> None:
@@ -143,4 +153,4 @@ def make_baseline(config: BaselineConfig) -> Recommender:
     def embed(texts: list[str]) -> FloatArray:
         return encode_cached(config.encoder, texts).astype(np.float64)
 
-    return FrozenEncoder(embed, last=config.frozen_last)
+    return FrozenEncoder(embed, last=config.frozen_last, center=config.frozen_center)

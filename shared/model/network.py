@@ -8,6 +8,7 @@ publishes, the encoder for its own texts, and the two towers' weights.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -24,7 +25,11 @@ class ModelConfig:
     """Sizes of the network, the temperature of its softmax over cosine scores, how many of the
     latest events the interest vector pools (``pool_window``), how many of them the untrained
     interest vector averages (``start_events``: the frozen-encoder baseline), and the rank of
-    the item tower's trainable part (``item_rank``; 0 trains the whole linear map)."""
+    the item tower's trainable part (``item_rank``; 0 trains the whole linear map). With
+    ``center_features`` the item tower first subtracts the public catalog's mean feature from
+    every feature and renormalises: sentence encoders' features share one direction (the
+    mean of MiniLM's unit features on MovieLens has norm 0.54), which crowds every cosine
+    score near one value and slows SGD under DP (docs/model.md)."""
 
     feature_dim: int = 384
     item_dim: int = 384
@@ -33,6 +38,7 @@ class ModelConfig:
     pool_window: int = 20
     start_events: int = 5
     item_rank: int = 0
+    center_features: bool = False
 
     def __post_init__(self) -> None:
         for name in ("feature_dim", "item_dim", "hidden_dim", "pool_window", "start_events"):
@@ -54,11 +60,19 @@ class ItemTower(nn.Module):
     """Item text features to unit item vectors: a linear map that starts as the identity (when
     the sizes match), so an untrained tower ranks like the frozen encoder. With ``item_rank``
     r > 0 the map is the identity plus a trainable rank-r term (a low-rank adapter on top of
-    the frozen encoder: ``2 r d`` parameters instead of ``d**2``)."""
+    the frozen encoder: ``2 r d`` parameters instead of ``d**2``). With
+    ``config.center_features`` it centres the features on the catalog's mean first (the
+    ``center`` buffer, set by ``center_on``; a frozen weight that travels with the network)."""
+
+    center: torch.Tensor | None
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         rank = config.item_rank
+        self.register_buffer(
+            "center",
+            torch.full((config.feature_dim,), math.nan) if config.center_features else None,
+        )
         self.project = nn.Linear(config.feature_dim, rank or config.item_dim, bias=not rank)
         self.expand = nn.Linear(rank, config.item_dim) if rank else None
         with torch.no_grad():
@@ -69,7 +83,28 @@ class ItemTower(nn.Module):
                 self.project.weight.copy_(torch.eye(config.item_dim))
                 self.project.bias.zero_()
 
+    def center_on(self, catalog: torch.Tensor) -> None:
+        """Centre on the mean of the catalog's features ``catalog (num_items, feature_dim)``."""
+        if self.center is None:
+            raise ValueError("this item tower does not centre its features (center_features)")
+        if catalog.ndim != 2 or catalog.shape[1] != self.center.shape[0] or not len(catalog):
+            raise ValueError(
+                f"the catalog's features must be (items, {self.center.shape[0]}), "
+                f"got {tuple(catalog.shape)}"
+            )
+        mean = catalog.double().mean(dim=0)
+        if not torch.isfinite(mean).all():
+            raise ValueError("the catalog's features are not finite")
+        self.center.copy_(mean.to(self.center.dtype))
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.center is not None:
+            if not torch.isfinite(self.center).all():
+                raise RuntimeError(
+                    "the item tower centres features on the catalog's mean, which was never "
+                    "set: build the network with initial_network(..., catalog=...)"
+                )
+            features = F.normalize(features - self.center, dim=-1)
         if self.expand is None:
             return F.normalize(self.project(features), dim=-1)
         return F.normalize(features + self.expand(self.project(features)), dim=-1)
@@ -236,9 +271,17 @@ class Recommender(nn.Module):
         return interests @ item_vectors.T / self.config.temperature
 
 
-def initial_network(config: ModelConfig, seed: int) -> Recommender:
+def initial_network(
+    config: ModelConfig, seed: int, catalog: torch.Tensor | None = None
+) -> Recommender:
     """The network a run starts from: ``config``'s initial weights drawn after seeding torch's
     global generator with ``seed`` (the server, the devices' plans and the measurements share
-    them)."""
+    them), centred on the features of the public ``catalog`` where ``config.center_features``
+    asks for it (an error without them)."""
     torch.manual_seed(seed)
-    return Recommender(config)
+    network = Recommender(config)
+    if config.center_features:
+        if catalog is None:
+            raise ValueError("center_features needs the catalog's features to centre on")
+        network.items.center_on(catalog)
+    return network

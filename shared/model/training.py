@@ -65,6 +65,11 @@ class Features:
     table: torch.Tensor
     num_items: int
 
+    @property
+    def items(self) -> torch.Tensor:
+        """The catalog's features, ``(num_items, feature_dim)``."""
+        return self.table[: self.num_items]
+
 
 def encode_features(split: Split, encoder: EncoderConfig, texts: list[str]) -> Features:
     """Item texts and user texts through the frozen encoder (cached on disk)."""
@@ -226,7 +231,7 @@ class TrainedRecommender:
 
     def fit(self, split: Split) -> None:
         sequences, features = model_inputs(split, self.encoder)
-        self.network = initial_network(self.model_config, self.training.seed)
+        self.network = initial_network(self.model_config, self.training.seed, features.items)
         self.log = train_central(self.network, sequences, features, self.training)
         self._scorer = NetworkRecommender(self.network, self.encoder, self.name)
         self._scorer.use(split, sequences, features)

@@ -63,6 +63,7 @@ MODEL_OPTIONS = (
     ("last", "--last", "frozen"),
     ("encoder", "--encoder", "frozen"),
     ("max_length", "--max-length", "frozen"),
+    ("center", "--center", "frozen"),
 )
 
 
@@ -75,6 +76,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         name=args.model,
         ease_lambda=defaults.ease_lambda if args.ease_lambda is None else args.ease_lambda,
         frozen_last=defaults.frozen_last if args.last is None else args.last,
+        frozen_center=bool(args.center),
         encoder=EncoderConfig(
             model=defaults.encoder.model if args.encoder is None else args.encoder,
             max_length=defaults.encoder.max_length if args.max_length is None else args.max_length,
@@ -101,7 +103,9 @@ def _train(args: argparse.Namespace) -> int:
     )
     result, recommender = run_central(
         args.data,
-        ModelConfig(hidden_dim=args.hidden, item_rank=args.item_rank),
+        ModelConfig(
+            hidden_dim=args.hidden, item_rank=args.item_rank, center_features=args.center_features
+        ),
         training,
         EncoderConfig(max_length=args.max_length),
         EvaluationConfig(resamples=args.resamples, seed=args.seed),
@@ -417,6 +421,12 @@ def _parser() -> argparse.ArgumentParser:
         "--max-length", type=int, help="frozen: tokens per item text (default: 48)"
     )
     evaluate.add_argument(
+        "--center",
+        action="store_const",
+        const=True,
+        help="frozen: centre the item embeddings on the catalog's mean (docs/model.md)",
+    )
+    evaluate.add_argument(
         "--resamples", type=int, default=1000, help="bootstrap resamples (default: 1000)"
     )
     evaluate.add_argument("--seed", type=_seed, default=0, help="bootstrap seed (default: 0)")
@@ -442,6 +452,11 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=ModelConfig().item_rank,
         help="rank of the item tower's trainable part (0: the whole linear map)",
+    )
+    train.add_argument(
+        "--center-features",
+        action="store_true",
+        help="centre the encoder's features on the catalog's mean (docs/model.md)",
     )
     train.add_argument(
         "--max-length",
