@@ -15,6 +15,7 @@ with ``pip install --no-deps .``), so a packed file can be swept on a machine wi
 nothing else::
 
     python -m fedrec.simulations.sweep pack movielens:../shared/data/ml-latest-small PACK.pt [N]
+        [--center-features]
     python -m fedrec.simulations.sweep run PACK.pt strategy=fedadam local_optimizer=sgd ...
 """
 
@@ -124,10 +125,17 @@ class SweepData:
         return dataclasses.replace(self, **moved, initial=initial)
 
 
-def pack(data: str, devices: int, max_examples: int = 256, history: int = 200) -> SweepData:
+def pack(
+    data: str,
+    devices: int,
+    max_examples: int = 256,
+    history: int = 200,
+    center_features: bool = False,
+) -> SweepData:
     """The federation of ``fedrec simulate --data DATA --devices N`` (its network, seed 0
-    initial weights, 20 events of context) as a ``SweepData``; users' histories are cut to
-    their latest ``history`` events (the LSTM forgets what came before)."""
+    initial weights, 20 events of context; ``center_features`` as ``--set
+    model-center-features=true``) as a ``SweepData``; users' histories are cut to their latest
+    ``history`` events (the LSTM forgets what came before)."""
     import numpy as np
 
     from fedrec.shared.federated.local import LocalConfig
@@ -135,6 +143,8 @@ def pack(data: str, devices: int, max_examples: int = 256, history: int = 200) -
     from fedrec.simulations.world import federation_world
 
     settings = FederationSettings.for_data(data, devices=devices)
+    model = dataclasses.replace(settings.model, center_features=center_features)
+    settings = dataclasses.replace(settings, model=model)
     world = federation_world(settings)
     local = LocalConfig(max_examples=max_examples, context=settings.local.context)
     shape = (settings.devices, max_examples, local.context)
@@ -626,7 +636,10 @@ def _widen(value: Any) -> Any:
 
 def main(argv: list[str]) -> int:
     if len(argv) >= 3 and argv[0] == "pack":
-        save(pack(argv[1], int(argv[3]) if len(argv) > 3 else 610), argv[2])
+        center = "--center-features" in argv
+        argv = [arg for arg in argv if arg != "--center-features"]
+        devices = int(argv[3]) if len(argv) > 3 else 610
+        save(pack(argv[1], devices, center_features=center), argv[2])
         return 0
     if len(argv) >= 2 and argv[0] == "run":
         config = _config(argv[2:])

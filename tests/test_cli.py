@@ -57,16 +57,17 @@ def small_folder(tmp_path: Path) -> Path:
 
 
 def test_evaluate_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "result.json"
-    code = main(
-        ["evaluate", "--data", str(small_folder(tmp_path)), "--model", "ease", "--json", str(out)]
-    )
+    out, data = tmp_path / "result.json", str(small_folder(tmp_path))
+    code = main(["evaluate", "--data", data, "--model", "ease", "--json", str(out)])
     assert code == 0
     result = json.loads(out.read_text(encoding="utf-8"))
     assert result["model"] == "ease(lambda=100)" and result["users"] == 5
     assert set(result["metrics"]) == {"hr@10", "ndcg@10", "mrr", "coverage@10"}
     assert all(len(bounds) == 2 for bounds in result["ci95"].values())
     assert "hr@10" in capsys.readouterr().out
+    centred = ["evaluate", "--data", data, "--model", "frozen", "--center", "--json", str(out)]
+    assert main(centred) == 0
+    assert json.loads(out.read_text(encoding="utf-8"))["model"] == "frozen(last=5, centred)"
 
 
 def test_bad_data_spec_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,9 +9,11 @@ import pytest
 
 from fedrec.shared.data.dataset import Dataset, FloatArray, IntArray, Interactions, UserTexts
 from fedrec.shared.evaluation.baselines import (
+    BaselineConfig,
     Ease,
     FrozenEncoder,
     Popularity,
+    make_baseline,
     regularised_gram_inverse,
 )
 from fedrec.shared.evaluation.harness import EvaluationConfig, evaluate, rank_test_items
@@ -206,6 +208,8 @@ def test_frozen_encoder_scores_cosines_to_the_mean_of_the_last_items(center: boo
     users /= np.linalg.norm(users, axis=1, keepdims=True)
     np.testing.assert_allclose(model.score(positions), users @ items.T, atol=1e-12)
     assert ("centred" in model.name) == center
+    built = make_baseline(BaselineConfig("frozen", frozen_last=2, frozen_center=center))
+    assert isinstance(built, FrozenEncoder) and (built.last, built.center) == (2, center)
 
 
 def test_woodbury_inverse_equals_direct_inverse() -> None:

@@ -23,7 +23,11 @@ from fedrec.server.federation import (
     user_level_noise,
 )
 from fedrec.shared.federated.local import RDP_ORDERS, LocalConfig, PrivacyConfig
-from fedrec.shared.federated.settings import FederationSettings, user_level_local
+from fedrec.shared.federated.settings import (
+    FederationSettings,
+    resume_conflicts,
+    user_level_local,
+)
 from fedrec.shared.federated.user_level import (
     UserPrivacyConfig,
     user_level_epsilon,
@@ -137,6 +141,17 @@ def test_a_resumed_run_without_user_level_budget_fails_before_it_starts(tmp_path
     with pytest.raises(ValueError, match=r"the 2 rounds already run leave no user-level budget"):
         simulate(settings)
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_a_run_started_before_a_key_existed_resumes_with_its_default() -> None:
+    settings = FederationSettings(devices=3, rounds=2)
+    older = settings.to_run_config()
+    del older["model-center-features"]  # a run folder from before the key was added
+    assert resume_conflicts(older, settings) == []
+    centred = dataclasses.replace(
+        settings, model=dataclasses.replace(settings.model, center_features=True)
+    )
+    assert resume_conflicts(older, centred) == ["model-center-features: False -> True"]
 
 
 def test_a_resumed_run_must_keep_what_fixes_its_training_and_accounting(tmp_path: Path) -> None:

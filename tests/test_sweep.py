@@ -83,12 +83,16 @@ def demo() -> sweep.SweepData:
     return sweep.pack("demo", devices=20, max_examples=32)
 
 
-def test_the_sweep_evaluates_as_the_harness_does(demo: sweep.SweepData) -> None:
+@pytest.mark.parametrize("center", [False, True])
+def test_the_sweep_evaluates_as_the_harness_does(demo: sweep.SweepData, center: bool) -> None:
     from fedrec.shared.federated.settings import FederationSettings
 
+    if center:
+        demo = sweep.pack("demo", devices=20, max_examples=32, center_features=True)
+        assert "items.center" in demo.initial
     settings = FederationSettings.for_data("demo", devices=20)
     world = load_world(settings.data, settings.devices)
-    network = Recommender(settings.model)
+    network = Recommender(dataclasses.replace(settings.model, center_features=center))
     network.load_state_dict(demo.initial)
     with torch.no_grad():
         network.users.project.weight.normal_(0.0, 0.1)  # the LSTM branch takes part

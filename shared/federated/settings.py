@@ -252,12 +252,15 @@ RESUMABLE_KEYS = frozenset(
 
 def resume_conflicts(started: Mapping[str, Any], settings: FederationSettings) -> list[str]:
     """What ``settings`` changes, outside ``RESUMABLE_KEYS``, in the run config a run
-    ``started`` with: one ``'key: before -> now'`` per key."""
+    ``started`` with: one ``'key: before -> now'`` per key. A key that run config lacks (one
+    fedrec added since) counts as its default, which keeps what fedrec did before it."""
     now = settings.to_run_config()
+    defaults = FederationSettings().to_run_config()
+    before = {key: started.get(key, defaults.get(key)) for key in set(started) | set(now)}
     return [
-        f"{key}: {started.get(key)!r} -> {now.get(key)!r}"
-        for key in sorted(set(started) | set(now))
-        if key not in RESUMABLE_KEYS and started.get(key) != now.get(key)
+        f"{key}: {before[key]!r} -> {now.get(key)!r}"
+        for key in sorted(before)
+        if key not in RESUMABLE_KEYS and before[key] != now.get(key)
     ]
 
 

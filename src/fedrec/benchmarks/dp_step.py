@@ -98,10 +98,10 @@ def run_dp_step_benchmark(
         raise ValueError("the dp-step benchmark needs at least 1 round, example and item")
     config = config or federated_model()
     generator = torch.Generator().manual_seed(seed)
-    network = initial_network(config, seed)
+    table = torch.randn(n_items, config.feature_dim, generator=generator)
+    network = initial_network(config, seed, table)
     with torch.no_grad():  # as after some training: the LSTM's path to the score is open
         network.users.project.weight.normal_(0.0, 0.05, generator=generator)
-    table = torch.randn(n_items, config.feature_dim, generator=generator)
     per_example_network = copy.deepcopy(network)
     to_per_example_lstms(per_example_network)
     models = {
