@@ -96,7 +96,7 @@ def test_the_audit_attacks_each_trained_model_and_the_initial_weights(tmp_path: 
     canaries = make_canaries(world.split.num_items, 3, 2, base.seed)
     initial = audit(
         initial_network(base.model, base.seed),
-        world.features.table[: world.split.num_items],
+        world.features.items,
         canaries,
     )
     assert results[UNTRAINED] == dataclasses.asdict(initial)
