@@ -1,11 +1,12 @@
 """The Flower ClientApp: one device's private training round, and its evaluation.
 
-The device trains the global weights (the parts the federation trains) on its own examples
-with DP-SGD and replies with their new values, its example count, its loss and the epsilon it
-has spent. Its texts, events and interest vector never enter the reply. Its privacy ledger
-(every round's epsilon and the parameters behind it) lives in its encrypted store, so the
-spent budget carries over between rounds and restarts, and the device refuses a round that
-would take it past its budget.
+The device trains the global weights (the parts the federation trains) on its own examples with
+DP-SGD and replies with their new values, its example count and the epsilon it has spent (and
+its training loss, which no noise covers, only without record-level DP). Example counts are
+treated as public, as Opacus treats a data set's size. Its texts, events and interest vector
+never enter the reply. Its privacy ledger (every round's epsilon and the parameters behind it)
+lives in its encrypted store, so the spent budget carries over between rounds and restarts, and
+the device refuses a round that would take it past its budget.
 
 To evaluate, the device ranks the catalog for itself with the global weights and replies with
 only the metrics of its held-out item (HR@10, nDCG@10, MRR), which the server averages.
@@ -27,6 +28,8 @@ from flwr.clientapp.typing import Mod
 from fedrec.client.store import EncryptedStore, StoreNotFoundError
 from fedrec.shared.evaluation.harness import rank_users
 from fedrec.shared.evaluation.metrics import point_estimates
+from fedrec.shared.federated.distributed import gradient_share, plan_step
+from fedrec.shared.federated.examples import DeviceExamples
 from fedrec.shared.federated.ledger import LedgerEntry, PrivacyLedger, epsilon_of
 from fedrec.shared.federated.local import PrivacyConfig, RoundPlan, plan_round, train_local
 from fedrec.shared.federated.records import FROZEN_RECORD
@@ -34,7 +37,7 @@ from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.model.network import Recommender, split_state
 from fedrec.simulations.canaries import make_canaries, plant
 from fedrec.simulations.keys import device_key
-from fedrec.simulations.world import federation_world
+from fedrec.simulations.world import World, federation_world
 
 #: The device's privacy ledger in its encrypted store (``fedrec.shared.federated.ledger``).
 LEDGER_RECORD = "privacy/ledger"
@@ -133,12 +136,80 @@ def train_device(settings: FederationSettings, partition: int, content: RecordDi
             world.split.num_items, settings.devices, settings.canaries, settings.seed
         )
         examples = plant(examples, canaries, partition, settings.canary_repeats)
-    plan = plan_round(len(examples), settings.local, privacy, settings.planned_participations)
+    if privacy.distributed:
+        plan = plan_step(privacy, settings.planned_participations)
+    else:
+        plan = plan_round(len(examples), settings.local, privacy, settings.planned_participations)
     if privacy.enabled and not _affordable(ledger, plan, privacy):
         logger.info("device %d: round %d would exceed its budget; refused", partition, server_round)
         refusal = {"num-examples": 0, "epsilon": ledger.spent, "device-weight": 1}
         flags = {"budget-refused": 1, "budget-exhausted": 1, "device": partition}
         return RecordDict({"metrics": MetricRecord({**refusal, **flags})})
+    seed = settings.seed * 1_000_003 + server_round * 1009 + partition
+    num_examples, loss, epsilon, mechanism = _train(
+        settings, world, network, examples, ledger, plan, seed
+    )
+    exhausted = False
+    if epsilon is not None and mechanism.noise_multiplier is not None:
+        entry = LedgerEntry(
+            round=server_round,
+            epsilon=epsilon,
+            delta=privacy.delta,
+            accountant=privacy.accountant,
+            noise_multiplier=mechanism.noise_multiplier,
+            sample_rate=mechanism.sample_rate,
+            steps=mechanism.steps,
+            max_grad_norm=privacy.max_grad_norm,
+        )
+        ledger = ledger.with_entry(entry)
+        store.put_json(LEDGER_RECORD, ledger.to_json())
+        exhausted = not _affordable(ledger, plan, privacy)
+    # the loss is computed from the device's examples without noise: sent only without DP
+    unnoised = {} if privacy.enabled else {"train-loss": loss}
+    metrics = MetricRecord(
+        {
+            "num-examples": num_examples,
+            **unnoised,
+            "epsilon": -1.0 if epsilon is None else epsilon,
+            "budget-exhausted": int(exhausted),
+            "device-weight": 1,  # equal weights under user-level DP
+            "device": partition,  # its budget's key at the server, the same after restarts
+        }
+    )
+    trained, _ = split_state(network, settings.local.trained)
+    return RecordDict({"arrays": ArrayRecord(trained), "metrics": metrics})
+
+
+def _train(
+    settings: FederationSettings,
+    world: World,
+    network: Recommender,
+    examples: DeviceExamples,
+    ledger: PrivacyLedger,
+    plan: RoundPlan,
+    seed: int,
+) -> tuple[int, float, float | None, RoundPlan]:
+    """Train ``network`` in place for the round ``plan`` says: a local DP-SGD round, or the
+    device's share of a distributed DP step. Its example count, loss, the epsilon spent after
+    it (None without DP), and the mechanism the ledger records."""
+    privacy = settings.privacy
+    if privacy.distributed:
+        assert plan.noise_multiplier is not None  # distributed DP is record-level DP
+        share = gradient_share(
+            network,
+            world.features.table,
+            world.split.num_items,
+            examples,
+            settings.local,
+            privacy,
+            plan.noise_multiplier,
+            settings.noise_shares,
+            seed=seed,
+        )
+        mechanism = (plan.noise_multiplier, plan.sample_rate, plan.steps)
+        history = [*ledger.history(privacy.accountant), mechanism]
+        epsilon = epsilon_of(privacy.accountant, history, privacy.delta)
+        return share.num_examples, share.loss, epsilon, plan
     result = train_local(
         network,
         world.features.table,
@@ -148,35 +219,10 @@ def train_device(settings: FederationSettings, partition: int, content: RecordDi
         privacy,
         plan=plan,
         accountant_state=ledger.accountant_state(privacy.accountant),
-        seed=settings.seed * 1_000_003 + server_round * 1009 + partition,
+        seed=seed,
     )
-    exhausted = False
-    if result.epsilon is not None and result.noise_multiplier is not None:
-        entry = LedgerEntry(
-            round=server_round,
-            epsilon=result.epsilon,
-            delta=privacy.delta,
-            accountant=privacy.accountant,
-            noise_multiplier=result.noise_multiplier,
-            sample_rate=result.sample_rate,
-            steps=result.steps,
-            max_grad_norm=privacy.max_grad_norm,
-        )
-        ledger = ledger.with_entry(entry)
-        store.put_json(LEDGER_RECORD, ledger.to_json())
-        exhausted = not _affordable(ledger, plan, privacy)
-    metrics = MetricRecord(
-        {
-            "num-examples": result.num_examples,
-            "train-loss": result.loss,
-            "epsilon": -1.0 if result.epsilon is None else result.epsilon,
-            "budget-exhausted": int(exhausted),
-            "device-weight": 1,  # equal weights under user-level DP
-            "device": partition,  # its budget's key at the server, the same after restarts
-        }
-    )
-    trained, _ = split_state(network, settings.local.trained)
-    return RecordDict({"arrays": ArrayRecord(trained), "metrics": metrics})
+    recorded = RoundPlan(plan.batch_size, result.sample_rate, result.steps, result.noise_multiplier)
+    return result.num_examples, result.loss, result.epsilon, recorded
 
 
 def _ledger(store: EncryptedStore) -> PrivacyLedger:

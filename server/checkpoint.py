@@ -27,6 +27,9 @@ TRAINING = "training/"
 #: The prefix of the server's Adam moments in a checkpoint (``strategy = "fedadam"``), so that
 #: a restarted server steps on from them: ``server-adam/m/NAME`` and ``server-adam/v/NAME``.
 SERVER_ADAM = "server-adam/"
+#: The prefix of the server's momentum (``server-momentum`` > 0): ``server-momentum/NAME``,
+#: read back as the moments' kind ``velocity``.
+SERVER_MOMENTUM = "server-momentum/"
 RUN_CONFIG = "run-config.json"
 
 
@@ -47,8 +50,8 @@ Moments = dict[str, dict[str, npt.NDArray[np.generic]]]
 def resume(out: Path, network: Recommender) -> tuple[int, ArrayRecord | None, Moments]:
     """The checkpoint's last round (0 without one), with its published weights loaded into
     ``network``; the weights devices train from when they differ (``training/`` keys: under a
-    moving average), else None; and the server's Adam moments by kind (``m``, ``v``; empty
-    without FedAdam)."""
+    moving average), else None; and the server's Adam moments by kind (``m``, ``v``) or its
+    momentum (``velocity``), empty when the server keeps neither."""
     path = out / CHECKPOINT
     if not path.exists():
         return 0, None, {}
@@ -59,6 +62,8 @@ def resume(out: Path, network: Recommender) -> tuple[int, ArrayRecord | None, Mo
         if key.startswith(SERVER_ADAM):
             kind, _, name = key.removeprefix(SERVER_ADAM).partition("/")
             moments.setdefault(kind, {})[name] = value
+        elif key.startswith(SERVER_MOMENTUM):
+            moments.setdefault("velocity", {})[key.removeprefix(SERVER_MOMENTUM)] = value
     state = {k: torch.from_numpy(v) for k, v in arrays.items() if "/" not in k}
     try:
         network.load_state_dict(state)
@@ -117,18 +122,16 @@ def check_resumable(out: Path, settings: FederationSettings) -> int:
     return done
 
 
-def checked_moments(
-    moments: Moments, names: set[str]
-) -> tuple[dict[str, npt.NDArray[np.generic]], dict[str, npt.NDArray[np.generic]]]:
-    """The checkpoint's Adam moments (``m``, ``v``), which must be of the parts this run
-    trains."""
-    if set(moments) != {"m", "v"} or any(set(m) != names for m in moments.values()):
+def checked_moments(moments: Moments, kinds: set[str], names: set[str]) -> Moments:
+    """The checkpoint's server state, which must hold ``kinds`` (``{"m", "v"}`` for Adam,
+    ``{"velocity"}`` for momentum), each of the parts this run trains."""
+    if set(moments) != kinds or any(set(m) != names for m in moments.values()):
         found = {kind: sorted(m) for kind, m in moments.items()}
         raise ValueError(
-            f"the checkpoint's server Adam moments are for {found}, "
-            f"but this run trains {sorted(names)}"
+            f"the checkpoint's server optimiser state is {found}, "
+            f"but this run's server keeps {sorted(kinds)} of {sorted(names)}"
         )
-    return moments["m"], moments["v"]
+    return moments
 
 
 def trained_part(training: ArrayRecord, published: ArrayRecord) -> ArrayRecord:
@@ -146,16 +149,18 @@ def save_checkpoint(
     training: ArrayRecord | None,
     adam: FedAdam | None,
     server_round: int,
+    velocity: dict[str, npt.NDArray[np.generic]] | None = None,
 ) -> None:
     """The published weights (``network``), the weights devices train from when they differ
-    (``training``, under ``training/`` keys), and the server's Adam moments once it has
-    stepped (under ``server-adam/``)."""
+    (``training``, under ``training/`` keys), and the server's Adam moments or momentum once
+    it has stepped (under ``server-adam/`` or ``server-momentum/``)."""
     arrays = {k: v.detach().numpy() for k, v in network.state_dict().items()}
     if training is not None:
         arrays.update({TRAINING + k: v for k, v in record_arrays(training).items()})
     if adam is not None and adam.m_t and adam.v_t:
         for kind, moment in (("m", adam.m_t), ("v", adam.v_t)):
             arrays.update({f"{SERVER_ADAM}{kind}/{k}": v for k, v in moment.items()})
+    arrays.update({SERVER_MOMENTUM + k: v for k, v in (velocity or {}).items()})
     buffer = io.BytesIO()
     np.savez(buffer, __round__=np.array(server_round), **arrays)
     write_atomic(out / CHECKPOINT, buffer.getvalue())

@@ -16,7 +16,7 @@ import statistics
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -41,6 +41,7 @@ from fedrec.server.checkpoint import (
 from fedrec.server.strategy import (
     BudgetStrategy,
     FrozenPartsStrategy,
+    MomentumStrategy,
     ScheduledStepStrategy,
     SeededSamplingStrategy,
     ValidatedStrategy,
@@ -113,8 +114,13 @@ ROUND_FIELDS = tuple(field.name for field in fields(RoundReport))
 def make_strategy(settings: FederationSettings, user_noise: float | None = None) -> Strategy:
     """FedAvg or FedAdam over the sampled devices, weighted by their example counts; under
     user-level DP, weighted equally and wrapped by Flower's server-side clipping and noise;
-    under a server schedule other than ``constant``, wrapped by ``ScheduledStepStrategy``."""
+    with ``server_momentum`` or distributed DP, wrapped by ``MomentumStrategy``; under a
+    server schedule other than ``constant``, wrapped by ``ScheduledStepStrategy``."""
     strategy = _aggregation(settings, user_noise)
+    if settings.server_momentum or settings.privacy.distributed:
+        strategy = MomentumStrategy(
+            strategy, settings.server_learning_rate, settings.server_momentum
+        )
     if settings.server_schedule == "constant":
         return strategy
     return ScheduledStepStrategy(strategy, settings.server_schedule, settings.rounds)
@@ -176,10 +182,15 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
         settings.max_update_norm,
         settings.min_update_share,
         settings.local.max_examples,
+        noise_shares=settings.noise_shares if settings.privacy.distributed else 0,
     )
-    adam = server_adam(validated)
+    adam = inner_strategy(validated, FedAdam)
     if adam is not None and moments:
-        adam.m_t, adam.v_t = checked_moments(moments, set(published))
+        checked = checked_moments(moments, {"m", "v"}, set(published))
+        adam.m_t, adam.v_t = checked["m"], checked["v"]
+    momentum = inner_strategy(validated, MomentumStrategy)
+    if momentum is not None and moments:
+        momentum.velocity = checked_moments(moments, {"velocity"}, set(published))["velocity"]
     sampled = SeededSamplingStrategy(validated, settings.seed, query_partitions)
     strategy = BudgetStrategy(FrozenPartsStrategy(sampled, frozen))
     key = _signing_key(out)
@@ -243,7 +254,12 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
                 spent[str(owner)] = float(epsilon)
         write_json(out / BUDGETS, spent, indent=1)
         save_checkpoint(
-            out, network, arrays if settings.average_decay else None, adam, server_round
+            out,
+            network,
+            arrays if settings.average_decay else None,
+            adam,
+            server_round,
+            None if momentum is None else momentum.velocity,
         )
         with (out / METRICS).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(report.__dict__) + "\n")
@@ -316,10 +332,13 @@ def _signing_key(out: Path) -> Any:
     return load_private_key(path)
 
 
-def server_adam(strategy: Strategy) -> FedAdam | None:
-    """The FedAdam inside ``strategy``'s wrappers (fedrec's ``inner``, Flower's DP
-    wrapper's ``strategy``), or None when the server does not step with Adam."""
-    while not isinstance(strategy, FedAdam):
+S = TypeVar("S", bound=Strategy)
+
+
+def inner_strategy(strategy: Strategy, kind: type[S]) -> S | None:
+    """The strategy of type ``kind`` inside ``strategy``'s wrappers (fedrec's ``inner``,
+    Flower's DP wrapper's ``strategy``), or None when there is none."""
+    while not isinstance(strategy, kind):
         inner = getattr(strategy, "inner", None) or getattr(strategy, "strategy", None)
         if not isinstance(inner, Strategy):
             return None

@@ -6,7 +6,10 @@ folder. Two guarantees, reported side by side:
 
 - **record-level** (DP-SGD on each device): one record (one next-item example) of a user is
   protected; epsilon is each device's own, from its accountant, and differs between devices
-  (their sampling rates and the rounds they trained differ).
+  (their sampling rates and the rounds they trained differ). Under distributed DP each
+  round is one step of the whole federation whose noise the devices add in shares: the
+  epsilon holds against whoever sees only the aggregate, and the report gives beside it what
+  a server that reads single replies could learn (``distributed``).
 - **user-level** (DP-FedAvg at the server, when on): everything one user contributes is
   protected, against anyone who sees the published model and item bundles; one figure for
   the federation.
@@ -25,6 +28,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from fedrec.server.federation import BUDGETS, METRICS, SUMMARY, load_budgets, read_metrics
+from fedrec.shared.federated.distributed import plan_step, share_noise_multiplier
+from fedrec.shared.federated.ledger import epsilon_of
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.files import json_number, json_object, read_json, write_json
 
@@ -98,6 +103,7 @@ def read_run(folder: Path) -> RunPrivacy:
             "devices_reporting": len(spent),
             "devices_out_of_budget": lines[-1].get("out_of_budget", 0) if lines else 0,
             "spent": spent,
+            "distributed": _single_replies(settings) if settings.privacy.distributed else None,
         }
     user = None
     if settings.user_privacy.enabled:
@@ -131,6 +137,25 @@ def read_run(folder: Path) -> RunPrivacy:
         ci95={k: summary["ci95"][k] for k in ("hr@10", "ndcg@10")},
         audit=_read_audit(folder / AUDIT) if (folder / AUDIT).exists() else None,
     )
+
+
+def _single_replies(settings: FederationSettings) -> dict[str, Any]:
+    """Under distributed DP, what one device's replies alone reveal: each carries the share
+    of the noise ``share_noise_multiplier`` gives, so against a server that reads them one by
+    one a device that trains its planned rounds spends ``epsilon_single_replies``."""
+    privacy = settings.privacy
+    plan = plan_step(privacy, settings.planned_participations)
+    assert plan.noise_multiplier is not None  # distributed DP is record-level DP
+    share = share_noise_multiplier(plan.noise_multiplier, settings.noise_shares)
+    mechanism = (share, plan.sample_rate, settings.planned_participations)
+    return {
+        "noise_multiplier": plan.noise_multiplier,
+        "sample_rate": plan.sample_rate,
+        "noise_shares": settings.noise_shares,
+        "share_noise_multiplier": share,
+        "planned_rounds": settings.planned_participations,
+        "epsilon_single_replies": epsilon_of(privacy.accountant, [mechanism], privacy.delta),
+    }
 
 
 #: What an audit's figures in a run folder must hold (``fedrec.simulations.audit``).
@@ -191,6 +216,25 @@ def _markdown(run: RunPrivacy, others: list[RunPrivacy]) -> str:
     ]
     if record is None:
         lines.append("| record-level | (off) | | | |")
+    elif record.get("distributed") is not None:
+        shares = record["distributed"]
+        lines.append(
+            f"| record-level, distributed (one DP-SGD step of the federation per round, its "
+            f"noise added by the devices in {shares['noise_shares']} shares) | one example of a "
+            f"user, against anyone who sees only the sum of the replies: the published model "
+            f"and bundles, the other devices, a server that aggregates without reading single "
+            f"replies | max {record['epsilon_max']:.4f}, median {record['epsilon_median']:.4f} "
+            f"(budget {record['budget']}) | {record['delta']} | noise multiplier "
+            f"{shares['noise_multiplier']:.4f} at sampling rate {shares['sample_rate']}; "
+            f"{record['accountant'].upper()} accountant on each device; clipping norm "
+            f"{record['clipping_norm']} |"
+        )
+        lines.append(
+            f"| record-level, against a server that reads single replies | one example of a "
+            f"user | {shares['epsilon_single_replies']:.4g} over {shares['planned_rounds']} "
+            f"rounds | {record['delta']} | each reply carries noise multiplier "
+            f"{shares['share_noise_multiplier']:.4f}; secure aggregation would close this |"
+        )
     else:
         lines.append(
             f"| record-level (DP-SGD on each device) | one example of a user, against "

@@ -197,6 +197,37 @@ class ScheduledStepStrategy(ReferenceStrategy):
         return array_record(moved), metrics
 
 
+class MomentumStrategy(ReferenceStrategy):
+    """Delegates to ``inner`` (FedAvg) and steps the global weights with SGD with momentum
+    over its aggregate: with ``g`` the global weights minus the aggregate, ``velocity = momentum
+    * velocity + g`` and the new weights are the old minus ``learning_rate * velocity``, as
+    ``torch.optim.SGD`` steps. Flower's FedAvgM keeps its own copy of the global weights, which
+    goes stale once a wrapper (``ScheduledStepStrategy``) moves them; this one steps from the
+    weights of the round it trains. ``velocity`` is checkpointed (``server-momentum/``)."""
+
+    def __init__(self, inner: Strategy, learning_rate: float, momentum: float) -> None:
+        super().__init__(inner)
+        self.learning_rate, self.momentum = learning_rate, momentum
+        self.velocity: dict[str, npt.NDArray[np.generic]] = {}
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        aggregated, metrics = self.inner.aggregate_train(server_round, replies)
+        if aggregated is None:
+            return None, metrics
+        new = record_arrays(aggregated)
+        stepped = {}
+        for name, old in self.reference.items():
+            start = old.astype(np.float64)
+            gradient = start - new[name].astype(np.float64)
+            if name in self.velocity:
+                gradient += self.momentum * self.velocity[name].astype(np.float64)
+            self.velocity[name] = gradient.astype(old.dtype)
+            stepped[name] = (start - self.learning_rate * gradient).astype(old.dtype)
+        return array_record(stepped), metrics
+
+
 class ValidatedStrategy(ReferenceStrategy):
     """Delegates to ``inner``; a training reply whose arrays have the wrong names, shapes or
     dtypes, non-finite values, an update norm above ``max_update_norm``, or aggregation weights
@@ -208,9 +239,15 @@ class ValidatedStrategy(ReferenceStrategy):
     updates would all be dropped against a float64 reference)."""
 
     def __init__(
-        self, inner: Strategy, max_update_norm: float, min_update_share: float, max_examples: int
+        self,
+        inner: Strategy,
+        max_update_norm: float,
+        min_update_share: float,
+        max_examples: int,
+        noise_shares: int = 0,
     ) -> None:
         super().__init__(inner)
+        self.noise_shares = noise_shares
         self.max_update_norm = max_update_norm
         self.max_examples = max_examples
         self.min_update_share = min_update_share
@@ -232,7 +269,7 @@ class ValidatedStrategy(ReferenceStrategy):
                 "round %d: dropped the update of node %d: %s", server_round, node, problem
             )
             self.dropped.append((server_round, node, problem))
-        shortfall = too_few_updates(usable, len(replies), self.min_update_share)
+        shortfall = too_few_updates(usable, len(replies), self.min_update_share, self.noise_shares)
         if shortfall is not None:
             logger.warning(
                 "round %d: the global model stays as it was: %s", server_round, shortfall

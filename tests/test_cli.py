@@ -194,7 +194,13 @@ def test_set_overrides_run_config_keys_after_every_flag(
     assert main([*args[:-2], "--out", str(tmp_path), "--set", "dp-enabled=false"]) == 0
     assert main([*args, str(tmp_path), "--set", "user-dp-enabled=true"]) == 0
     assert main([*args, str(tmp_path), "--user-dp", "--trained", "all"]) == 0
-    private, chosen, set_off, user_level, user_level_all = seen
+    assert main([*args[:-2], "--distributed-dp", "--out", str(tmp_path)]) == 0
+    assert main([*args[:-2], "--out", str(tmp_path), "--set", "dp-distributed=true"]) == 0
+    private, chosen, set_off, user_level, user_level_all, *distributed = seen
+    for shared_noise in distributed:  # one DP-SGD step a round, stepped as fedrec pooled does
+        assert shared_noise.privacy.distributed and shared_noise.rounds == 60
+        assert (shared_noise.server_momentum, shared_noise.server_schedule) == (0.9, "cosine")
+        assert shared_noise.model.center_features and shared_noise.noise_shares == 110
     assert (user_level.strategy, user_level.user_privacy.enabled) == ("fedavg", True)
     assert user_level.local.trained == "users.recency"  # the user-level default
     assert user_level_all.user_privacy.enabled and user_level_all.local.trained == "all"
@@ -209,7 +215,7 @@ def test_set_overrides_run_config_keys_after_every_flag(
     ]:
         assert main(["simulate", "--out", str(tmp_path), "--set", bad]) == 2
         assert message in capsys.readouterr().err
-    assert len(seen) == 5  # no bad --set reached a federation
+    assert len(seen) == 7  # no bad --set reached a federation
 
 
 @pytest.mark.parametrize("seed", ["-1", "x", str(2**40)])

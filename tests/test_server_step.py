@@ -8,18 +8,21 @@ from typing import cast
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import FedAvg, Strategy
 
-from fedrec.server.federation import make_strategy
+from fedrec.server.federation import inner_strategy, make_strategy
 from fedrec.server.strategy import (
+    MomentumStrategy,
     ScheduledStepStrategy,
     WrappedStrategy,
     array_record,
     record_arrays,
     server_step,
 )
+from fedrec.shared.federated.local import PrivacyConfig
 from fedrec.shared.federated.settings import FederationSettings
 
 
@@ -80,3 +83,49 @@ def test_the_server_wraps_its_strategy_only_for_a_schedule_that_changes_the_step
     scheduled = make_strategy(FederationSettings(server_schedule="cosine", rounds=7))
     assert isinstance(scheduled, ScheduledStepStrategy)
     assert (scheduled.schedule, scheduled.rounds) == ("cosine", 7)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_the_servers_momentum_steps_as_torch_sgd_with_its_schedule(schedule: str) -> None:
+    """Each round's pseudo-gradient (the weights sent minus the aggregate) is stepped as
+    ``torch.optim.SGD`` with momentum steps a gradient under a ``LambdaLR`` schedule, in the
+    order ``make_strategy`` wraps them: the schedule outside, the momentum inside, each round
+    stepping from the weights the schedule moved to."""
+    settings = FederationSettings(
+        rounds=4, server_momentum=0.9, server_learning_rate=0.5, server_schedule=schedule
+    )
+    rng = np.random.default_rng(0)
+    weights = {"w": rng.normal(size=(3, 2)).astype(np.float32)}
+    inner = FixedAggregate({})
+    strategy = make_strategy(settings)
+    momentum = inner_strategy(strategy, MomentumStrategy)
+    assert momentum is not None and isinstance(momentum.inner, FedAvg)
+    momentum.inner = inner
+    parameter = torch.nn.Parameter(torch.from_numpy(weights["w"].copy()))
+    sgd = torch.optim.SGD([parameter], lr=0.5, momentum=0.9)
+    rate = torch.optim.lr_scheduler.LambdaLR(
+        sgd, lambda step: server_step(schedule, step + 1, settings.rounds)
+    )
+    for server_round in range(1, settings.rounds + 1):
+        gradient = rng.normal(size=(3, 2)).astype(np.float32)
+        strategy.configure_train(
+            server_round, array_record(weights), ConfigRecord(), cast(Grid, None)
+        )
+        inner.target = {"w": weights["w"] - gradient}
+        stepped, _ = strategy.aggregate_train(server_round, [])
+        assert stepped is not None
+        parameter.grad = torch.from_numpy(gradient)
+        sgd.step()
+        rate.step()
+        weights = record_arrays(stepped)
+        np.testing.assert_allclose(weights["w"], parameter.detach().numpy(), rtol=1e-5)
+    assert set(momentum.velocity) == {"w"}
+
+
+def test_distributed_dp_always_steps_with_the_servers_learning_rate() -> None:
+    """Under distributed DP the server's step is SGD at ``server_learning_rate`` also without
+    momentum, not FedAvg's whole step."""
+    settings = FederationSettings(privacy=PrivacyConfig(distributed=True), server_learning_rate=3)
+    momentum = inner_strategy(make_strategy(settings), MomentumStrategy)
+    assert momentum is not None and (momentum.learning_rate, momentum.momentum) == (3.0, 0.0)
+    assert inner_strategy(make_strategy(FederationSettings()), MomentumStrategy) is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import pickle
 import shutil
@@ -20,19 +21,27 @@ import torch
 from dp_accounting import rdp
 from flwr.app import Array, Context, Message
 from flwr.clientapp.typing import ClientAppCallable, Mod
+from flwr.serverapp.strategy import FedAdam
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from fedrec.client.app import LEDGER_RECORD
 from fedrec.client.store import STORE_FILE, EncryptedStore
-from fedrec.server.checkpoint import CHECKPOINT, SERVER_ADAM, checked_moments, resume
-from fedrec.server.federation import make_strategy, server_adam
+from fedrec.server.checkpoint import (
+    CHECKPOINT,
+    SERVER_ADAM,
+    SERVER_MOMENTUM,
+    checked_moments,
+    load_checkpoint,
+    resume,
+)
+from fedrec.server.federation import inner_strategy, make_strategy
 from fedrec.server.privacy_report import PLOTS, privacy_report
 from fedrec.server.strategy import seeded_sample
 from fedrec.shared.bundle import load_private_key, verify_bundle
 from fedrec.shared.evaluation.harness import rank_users
 from fedrec.shared.evaluation.metrics import point_estimates
 from fedrec.shared.federated.ledger import PrivacyLedger, epsilon_of
-from fedrec.shared.federated.local import RDP_ORDERS, LocalConfig
+from fedrec.shared.federated.local import RDP_ORDERS, LocalConfig, PrivacyConfig, plan_noise
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.federated.user_level import UserPrivacyConfig
 from fedrec.shared.model.network import ModelConfig, Recommender, trained_names
@@ -99,6 +108,19 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     settings = small_federation(out, rounds=2, user_privacy=UserPrivacyConfig(enabled=True))
     with pytest.MonkeyPatch.context() as patch:
         wrap_devices(patch, Capture(out / "captured"), RecordPriority(out / "priorities"))
+        summary = simulation_run.simulate(settings)
+    return settings, summary, out
+
+
+@pytest.fixture(scope="module")
+def distributed_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """The same federation under distributed DP: each round one DP-SGD step, to which each
+    device adds its share of the noise, stepped by the server with momentum."""
+    out = tmp_path_factory.mktemp("distributed")
+    privacy = PrivacyConfig(distributed=True, sample_rate=0.5)
+    settings = small_federation(out, rounds=2, privacy=privacy, server_momentum=0.9)
+    with pytest.MonkeyPatch.context() as patch:
+        wrap_devices(patch, Capture(out / "captured"))
         summary = simulation_run.simulate(settings)
     return settings, summary, out
 
@@ -184,8 +206,11 @@ def test_devices_send_only_the_trained_parts_and_the_rest_stays_as_initialised(
     assert lines[-1]["bytes_up"] == trained_bytes * lines[-1]["devices"]
 
 
-def test_devices_keep_their_privacy_ledger_in_their_encrypted_store(run: Run) -> None:
-    settings, _, out = run
+@pytest.mark.parametrize("kind", ["run", "distributed_run"])
+def test_devices_keep_their_privacy_ledger_in_their_encrypted_store(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    settings, _, out = request.getfixturevalue(kind)
     world = load_world(settings.data, settings.devices)
     assert len(list((out / "devices").iterdir())) == DEVICES
     for partition in range(DEVICES):
@@ -201,6 +226,9 @@ def test_devices_keep_their_privacy_ledger_in_their_encrypted_store(run: Run) ->
             assert entry.steps >= 1 and 0 < entry.sample_rate <= 1 and entry.noise_multiplier > 0
             independent = epsilon_of("rdp", [e.mechanism for e in ledger.entries[: i + 1]], 1e-5)
             assert entry.epsilon == pytest.approx(independent, rel=1e-9)
+            if settings.privacy.distributed:  # one step of the whole noise at the public rate
+                noise = plan_noise(settings.privacy, 0.5, settings.planned_participations)
+                assert entry.mechanism == (noise, 0.5, 1)
         assert 0 < ledger.spent <= 8.0
 
 
@@ -213,23 +241,20 @@ def test_bundles_are_signed_and_track_the_item_tower(run: Run) -> None:
     assert [b.version for b in bundles] == [1, 2]
     world = load_world(settings.data, settings.devices)
     network = Recommender(settings.model)
-    with np.load(out / CHECKPOINT) as saved:
-        network.load_state_dict(
-            {k: torch.from_numpy(saved[k]) for k in saved.files if k != "__round__"}
-        )
+    load_checkpoint(out, network)
     with torch.no_grad():
         expected = network.items(world.features.items).numpy()
     np.testing.assert_allclose(bundles[1].dense(), expected, atol=1e-6)
 
 
-def test_no_device_sends_its_texts_or_interest_vector(run: Run) -> None:
-    settings, _, out = run
+@pytest.mark.parametrize("kind", ["run", "distributed_run"])
+def test_no_device_sends_its_texts_or_interest_vector(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    settings, _, out = request.getfixturevalue(kind)
     world = load_world(settings.data, settings.devices)
     network = Recommender(settings.model)
-    with np.load(out / CHECKPOINT) as saved:
-        network.load_state_dict(
-            {k: torch.from_numpy(saved[k]) for k in saved.files if k != "__round__"}
-        )
+    load_checkpoint(out, network)
     texts = world.split.dataset.texts
     captured = sorted((out / "captured").glob("*.pkl"))
     kinds = [path.stem.rsplit("-", 1)[1] for path in captured]
@@ -266,16 +291,65 @@ def test_no_device_sends_its_texts_or_interest_vector(run: Run) -> None:
                 assert not np.isclose(rows, interest, atol=1e-4).all(axis=1).any()
 
 
+def test_distributed_rounds_are_applied_and_the_servers_momentum_is_resumed(
+    distributed_run: Run, tmp_path: Path
+) -> None:
+    """Both rounds were applied with the failed and the poisoned device left out (two usable
+    updates, the two noise shares the step needs); the server's momentum is checkpointed, and
+    a run resumed with a larger budget reads it back and steps on; with one update left, a
+    round is not applied."""
+    settings, summary, out = distributed_run
+    lines = [json.loads(text) for text in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(line["applied"], line["failed"], line["dropped"]) for line in lines] == [
+        (True, 1, 0),
+        (True, 0, 1),
+    ]
+    assert settings.noise_shares == 2 and summary["epsilon_max"] <= 8.0
+    trained = trained_names(Recommender(settings.model), TRAINED)
+    saved = _checkpoint(out)
+    assert sorted(k for k in saved if k.startswith(SERVER_MOMENTUM)) == sorted(
+        SERVER_MOMENTUM + name for name in trained
+    )
+    _, _, moments = resume(out, Recommender(settings.model))
+    assert set(moments) == {"velocity"}
+    # the report gives, beside the guarantee of the sum, what single replies would reveal
+    record = privacy_report(out).record_level
+    assert record is not None and record["distributed"] is not None
+    shares = record["distributed"]
+    sigma = plan_noise(settings.privacy, 0.5, settings.planned_participations)
+    assert (shares["noise_multiplier"], shares["noise_shares"]) == (sigma, 2)
+    accountant = rdp.RdpAccountant(orders=list(RDP_ORDERS))  # Google's, not Opacus'
+    event = dp_accounting.GaussianDpEvent(sigma / math.sqrt(2))
+    accountant.compose(dp_accounting.PoissonSampledDpEvent(0.5, event), 2)
+    single = accountant.get_epsilon(1e-5)
+    assert shares["epsilon_single_replies"] == pytest.approx(single, rel=1e-6)
+    assert single > record["epsilon_max"] + 1  # a single reply carries a share of the noise
+    text = (out / "privacy.md").read_text()
+    assert "in 2 shares" in text and f"{single:.4g} over 2 rounds" in text
+    copy = tmp_path / "resumed"
+    shutil.copytree(out, copy)
+    budget = dataclasses.replace(settings.privacy, target_epsilon=100.0)  # room for round 3
+    simulation_run.simulate(dataclasses.replace(settings, out=str(copy), rounds=3, privacy=budget))
+    lines = [json.loads(text) for text in (copy / "metrics.jsonl").read_text().splitlines()]
+    assert [line["round"] for line in lines] == [1, 2, 3] and lines[-1]["applied"]
+    with pytest.raises(ValueError, match="server optimiser state"):
+        checked_moments(moments, {"m", "v"}, set(trained))
+    # on its own budget, devices 1 and 2 have spent it and refuse round 3: device 0's update
+    # alone is fewer than the 2 noise shares a step needs, so the round is not applied
+    short = tmp_path / "short"
+    shutil.copytree(out, short)
+    simulation_run.simulate(dataclasses.replace(settings, out=str(short), rounds=3))
+    last = json.loads((short / "metrics.jsonl").read_text().splitlines()[-1])
+    assert (last["round"], last["refused"], last["applied"]) == (3, 2, False)
+
+
 def test_devices_evaluate_the_global_model_as_the_harness_does(run: Run) -> None:
     settings, _, out = run
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["devices_evaluated"] for line in lines] == [DEVICES - 1, DEVICES]
     world = load_world(settings.data, settings.devices)
     network = Recommender(settings.model)
-    with np.load(out / CHECKPOINT) as saved:
-        network.load_state_dict(
-            {k: torch.from_numpy(saved[k]) for k in saved.files if k != "__round__"}
-        )
+    load_checkpoint(out, network)
     scorer = NetworkRecommender(network.eval())
     scorer.use(world.split, world.sequences, world.features)
     positions = np.array([world.position_of(p) for p in range(DEVICES)])
@@ -517,7 +591,7 @@ def test_fedadam_steps_the_global_model_in_every_round(tmp_path: Path) -> None:
         assert sorted(k for k in saved if k.startswith(f"{SERVER_ADAM}{kind}/")) == sorted(
             f"{SERVER_ADAM}{kind}/{name}" for name in trained
         )
-    adam = server_adam(make_strategy(settings))
+    adam = inner_strategy(make_strategy(settings), FedAdam)
     assert adam is not None
     resumed = Recommender(settings.model)
     done, _, moments = resume(tmp_path, resumed)
@@ -525,13 +599,15 @@ def test_fedadam_steps_the_global_model_in_every_round(tmp_path: Path) -> None:
     for name in trained:
         assert np.array_equal(moments["m"][name], saved[f"{SERVER_ADAM}m/{name}"])
         assert np.array_equal(resumed.state_dict()[name].numpy(), saved[name])
-    assert server_adam(make_strategy(dataclasses.replace(settings, strategy="fedavg"))) is None
+    fedavg = make_strategy(dataclasses.replace(settings, strategy="fedavg"))
+    assert inner_strategy(fedavg, FedAdam) is None
     # resumed with other trained parts, the moments do not fit: an error that says so
     fewer = dataclasses.replace(settings.local, trained="items")
     with pytest.raises(ValueError, match=f"local-trained: '{TRAINED}' -> 'items'"):
         simulation_run.simulate(dataclasses.replace(settings, rounds=4, local=fewer))
-    with pytest.raises(ValueError, match="server Adam moments"):
-        checked_moments(moments, set(trained_names(Recommender(settings.model), "items")))
+    with pytest.raises(ValueError, match="server optimiser state"):
+        items = set(trained_names(Recommender(settings.model), "items"))
+        checked_moments(moments, {"m", "v"}, items)
 
 
 def _damaged_copy(out: Path, folder: Path, damage: Any) -> Path:

@@ -78,9 +78,16 @@ class PrivacyLedger:
 
 
 def epsilon_of(accountant: Accountant, history: list[Mechanism], delta: float) -> float:
-    """Epsilon at ``delta`` of DP-SGD with these mechanisms, by ``accountant`` (0 for none)."""
+    """Epsilon at ``delta`` of DP-SGD with these mechanisms, by ``accountant`` (0 for none).
+    Mechanisms with the same noise multiplier and sampling rate are composed as one with their
+    steps summed, as Opacus' accountants do when they step: the same epsilon, in time that
+    does not grow with the rounds (a distributed-DP ledger has an entry per step)."""
     if not history:
         return 0.0
+    steps: dict[tuple[float, float], int] = {}
+    for s, q, n in history:
+        key = (float(s), float(q))
+        steps[key] = steps.get(key, 0) + int(n)
     counter = create_accountant(accountant)
-    counter.history = [(float(s), float(q), int(n)) for s, q, n in history]
+    counter.history = [(s, q, n) for (s, q), n in steps.items()]
     return float(counter.get_epsilon(delta, **accountant_options(accountant)))

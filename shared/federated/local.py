@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import functools
 import math
-import secrets
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -19,11 +18,13 @@ import torch
 import torch.nn.functional as F
 from opacus import GradSampleModule, PrivacyEngine
 from opacus.accountants.utils import get_noise_multiplier
+from opacus.data_loader import DPDataLoader
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedrec.shared.federated.dp_lstm import to_per_example_lstms, to_torch_lstms
 from fedrec.shared.federated.examples import DeviceExamples
+from fedrec.shared.federated.randomness import secret_generator
 from fedrec.shared.federated.schedule import SCHEDULES, Schedule, schedule_share
 from fedrec.shared.model.network import ALL_PARTS, Recommender, train_only
 
@@ -50,7 +51,10 @@ def check_dp_target(
 @dataclass(frozen=True)
 class PrivacyConfig:
     """Record-level DP-SGD on a device. ``noise_multiplier`` None: the smallest that keeps the
-    device within ``target_epsilon`` at ``delta`` after ``planned_rounds`` rounds of training."""
+    device within ``target_epsilon`` at ``delta`` after ``planned_rounds`` rounds of training.
+    ``distributed``: each round is one DP-SGD step of the whole federation, to which every
+    device adds a share of the noise after sampling each of its examples at ``sample_rate``
+    (``fedrec.shared.federated.distributed``)."""
 
     enabled: bool = True
     target_epsilon: float = 8.0
@@ -58,6 +62,8 @@ class PrivacyConfig:
     max_grad_norm: float = 1.0
     accountant: Accountant = "rdp"
     noise_multiplier: float | None = None
+    distributed: bool = False
+    sample_rate: float = 0.2
 
     def __post_init__(self) -> None:
         check_dp_target("", self.target_epsilon, self.delta, "max_grad_norm", self.max_grad_norm)
@@ -67,6 +73,10 @@ class PrivacyConfig:
             raise ValueError(
                 f"noise_multiplier must be a finite number > 0, got {self.noise_multiplier}"
             )
+        if not 0 < self.sample_rate <= 1:
+            raise ValueError(f"sample_rate must be in (0, 1], got {self.sample_rate}")
+        if self.distributed and not self.enabled:
+            raise ValueError("distributed DP needs record-level DP enabled")
 
 
 @dataclass(frozen=True)
@@ -236,14 +246,16 @@ def train_local(
         else torch.optim.Adam(trainable, lr=local.learning_rate)
     )
     if engine is not None:
+        # Sampling and noise the server cannot predict: from the OS, never from ``seed``.
+        loader = DPDataLoader.from_data_loader(loader, generator=secret_generator())
         scorer, optimizer, loader = engine.make_private(
             module=scorer,
             optimizer=optimizer,
             data_loader=loader,
             noise_multiplier=plan.noise_multiplier,
             max_grad_norm=privacy.max_grad_norm,
-            # Noise the server cannot predict: seeded from the OS, never from ``seed``.
-            noise_generator=torch.Generator(device=device).manual_seed(secrets.randbits(63)),
+            poisson_sampling=False,  # the loader above samples, from the secret generator
+            noise_generator=secret_generator(device),
         )
     rate = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: schedule_share(local.schedule, step, plan.steps)

@@ -34,6 +34,9 @@ class FederationSettings:
     is expected to be sampled for (``planned_participations``). ``strategy`` ``fedadam`` steps
     the global model with Adam over the rounds' averaged updates (Flower's FedAdam: step
     ``server_learning_rate``, adaptivity ``server_tau``; its moments are checkpointed).
+    ``server_momentum`` > 0 (with ``fedavg``), or distributed DP, steps it with SGD with that
+    momentum and step ``server_learning_rate`` over the rounds' averaged updates
+    (``fedrec.server.strategy.MomentumStrategy``, checkpointed).
     ``server_schedule`` scales the server's step over the rounds
     (``fedrec.server.strategy.server_step``); with ``average_decay`` > 0 the server evaluates
     and publishes a moving average of the global weights (``fedrec.server.averaging``).
@@ -52,6 +55,7 @@ class FederationSettings:
     server_learning_rate: float = 1e-2
     server_tau: float = 1e-3
     server_schedule: Schedule = "constant"
+    server_momentum: float = 0.0
     max_update_norm: float = 50.0
     min_update_share: float = 0.5
     average_decay: float = 0.0
@@ -84,6 +88,22 @@ class FederationSettings:
             raise ValueError(f"bundle-format must be 'fp32' or 'int8', got {self.bundle_format!r}")
         if not 0 <= self.min_update_share <= 1:
             raise ValueError(f"min_update_share must be in [0, 1], got {self.min_update_share}")
+        if not 0 <= self.server_momentum < 1:
+            raise ValueError(f"server_momentum must be in [0, 1), got {self.server_momentum}")
+        if self.privacy.distributed and self.strategy != "fedavg":
+            raise ValueError(
+                "distributed DP steps the global model with SGD (server-learning-rate, "
+                f"server-momentum): strategy must be 'fedavg', got {self.strategy!r}"
+            )
+        if self.server_momentum and self.strategy != "fedavg":
+            raise ValueError(
+                "server_momentum applies to the 'fedavg' strategy (FedAdam has its own)"
+            )
+        if self.privacy.distributed and self.user_privacy.enabled:
+            raise ValueError(
+                "distributed record-level DP and user-level DP cannot be combined: the server "
+                "would clip and noise the devices' noise shares"
+            )
         if not 0 <= self.average_decay < 1:
             raise ValueError(f"average_decay must be in [0, 1), got {self.average_decay}")
         for name in ("max_update_norm", "server_learning_rate", "server_tau"):
@@ -106,6 +126,15 @@ class FederationSettings:
         return max(2, round(self.fraction_train * self.devices))
 
     @property
+    def noise_shares(self) -> int:
+        """Under distributed DP, the devices whose noise shares must sum to one step's noise:
+        the fewest usable updates a round may aggregate (``min_update_share`` of those sampled,
+        at least 1). Each device adds noise of 1/sqrt(noise_shares) of the step's standard
+        deviation, so a round that aggregates more updates carries more noise than the plan,
+        never less."""
+        return max(1, math.ceil(self.min_update_share * self.sampled_devices - 1e-9))
+
+    @property
     def planned_participations(self) -> int:
         """Rounds a device plans its DP noise for. Sampled with probability p = sampled/devices
         in each of R rounds, it trains a binomial number of them: mean R p, deviation
@@ -120,14 +149,17 @@ class FederationSettings:
     def for_data(cls, data: str, **overrides: Any) -> FederationSettings:
         """The documented defaults for data spec ``data`` (by its kind: ``demo``,
         ``movielens``; any other kind takes the plain defaults), with ``NO_DP_DEFAULTS`` over
-        them when ``overrides`` leave both DP levels off, or devices training only
-        ``USER_DP_TRAINED`` when they turn user-level DP on, then ``overrides``."""
+        them when ``overrides`` leave both DP levels off, ``DISTRIBUTED_DP_DEFAULTS`` when they
+        turn distributed DP on, or devices training only ``USER_DP_TRAINED`` when they turn
+        user-level DP on, then ``overrides``."""
         kind = data.partition(":")[0]
         defaults = DATA_DEFAULTS.get(kind, {})
         record = overrides.get("privacy", PrivacyConfig())
         user = overrides.get("user_privacy", UserPrivacyConfig())
         if not (record.enabled or user.enabled):
             defaults = {**defaults, **NO_DP_DEFAULTS.get(kind, {})}
+        if record.distributed:
+            defaults = {**defaults, **DISTRIBUTED_DP_DEFAULTS.get(kind, DISTRIBUTED_DP)}
         if user.enabled:
             defaults = {**defaults, "local": user_level_local(defaults.get("local", LocalConfig()))}
         return cls(**{**defaults, "data": data, **overrides})
@@ -213,6 +245,25 @@ NO_DP_DEFAULTS: dict[str, dict[str, Any]] = {
             DATA_DEFAULTS["movielens"]["local"], optimizer="sgd", learning_rate=0.1
         ),
     },
+}
+
+
+#: What ``fedrec simulate --distributed-dp`` changes: each round one DP-SGD step of the sampled
+#: devices' examples together, which the server steps as ``fedrec pooled`` does (SGD with
+#: momentum 0.9 at 3, in units of the mean clipped gradient, falling along a cosine), on the
+#: catalog-centred features ``fedrec pooled`` learns best from (docs/model.md). A round
+#: aggregates at least 0.9 of the sampled devices' updates, so each adds the noise share of
+#: that many (``FederationSettings.noise_shares``).
+DISTRIBUTED_DP: dict[str, Any] = {
+    "server_momentum": 0.9,
+    "server_learning_rate": 3.0,
+    "server_schedule": "cosine",
+    "min_update_share": 0.9,
+    "model": dataclasses.replace(federated_model(), center_features=True),
+}
+#: ``DISTRIBUTED_DP`` per data set: MovieLens runs 230 rounds (docs/privacy.md, "Distributed DP").
+DISTRIBUTED_DP_DEFAULTS: dict[str, dict[str, Any]] = {
+    "movielens": {**DISTRIBUTED_DP, "rounds": 230},
 }
 
 

@@ -11,11 +11,19 @@ import numpy.typing as npt
 Arrays = Mapping[str, npt.NDArray[np.generic]]
 
 
-def too_few_updates(usable: int, replies: int, min_share: float) -> str | None:
+def too_few_updates(
+    usable: int, replies: int, min_share: float, noise_shares: int = 0
+) -> str | None:
     """Why a round whose ``replies`` gave ``usable`` updates (the rest failed or were dropped)
-    must leave the global model as it was, or None: fewer than ``min_share`` of them usable."""
+    must leave the global model as it was, or None: fewer than ``min_share`` of them usable, or
+    under distributed DP fewer than the ``noise_shares`` whose noise the step's needs."""
     if usable < min_share * replies:
         return f"{usable} of {replies} updates usable, below min-update-share {min_share:g}"
+    if usable < noise_shares:
+        return (
+            f"{usable} updates usable, fewer than the {noise_shares} noise shares distributed "
+            "DP needs in the aggregate"
+        )
     return None
 
 

@@ -130,6 +130,7 @@ def _simulate(args: argparse.Namespace) -> int:
     sets = _run_config_values(args.overrides)
     privacy = PrivacyConfig(
         enabled=sets.get("dp-enabled", not args.no_dp) is not False,
+        distributed=sets.get("dp-distributed", args.distributed_dp) is True,
         target_epsilon=args.target_epsilon,
         delta=args.delta,
         accountant=args.accountant,
@@ -491,6 +492,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train without DP-SGD, with the data set's defaults for that (on MovieLens: "
         "FedAdam over local SGD, 100 rounds)",
+    )
+    simulate.add_argument(
+        "--distributed-dp",
+        action="store_true",
+        help="record-level DP as one DP-SGD step of the federation per round, each device "
+        "adding a share of its noise (the guarantee holds against whoever sees only the sum of "
+        "the updates), with the data set's defaults for that (docs/privacy.md)",
     )
     simulate.add_argument(
         "--target-epsilon", type=float, default=8.0, help="per-device budget (default: 8)"
