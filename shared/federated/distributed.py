@@ -113,9 +113,12 @@ def gradient_share(
         loss_reduction="sum",
         generator=secret,
     )
-    negatives = torch.randint(
-        num_items, (len(targets), local.negatives), generator=torch.Generator().manual_seed(seed)
+    # drawn for every example and picked by index: what a sampled example is compared with does
+    # not depend on which others were sampled
+    every = torch.randint(
+        num_items, (n, local.negatives), generator=torch.Generator().manual_seed(seed)
     )
+    negatives = every[chosen] if sampled else every[:1]
     logits = scorer(rows, types, lengths, torch.cat([targets[:, None], negatives], 1))
     losses = F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long), reduction="none")
     loss = losses.sum() * (1.0 if sampled else 0.0)

@@ -228,6 +228,7 @@ def train_local(
     data = TensorDataset(
         *(torch.from_numpy(a) for a in (examples.rows, examples.types, examples.lengths)),
         torch.from_numpy(examples.targets),
+        torch.arange(len(examples)),  # each example's index: its negatives under DP
     )
     loader = DataLoader(data, batch_size=plan.batch_size, shuffle=True, generator=generator)
     trained = copy.deepcopy(network).train()
@@ -257,19 +258,28 @@ def train_local(
             poisson_sampling=False,  # the loader above samples, from the secret generator
             noise_generator=secret_generator(device),
         )
+        scorer.forbid_grad_accumulation()  # what make_private does when it samples itself
     rate = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: schedule_share(local.schedule, step, plan.steps)
     )
     total, count, steps = 0.0, 0, 0
     for _ in range(local.epochs):
-        for rows, types, lengths, targets in loader:
+        for rows, types, lengths, targets, index in loader:
             n = len(targets)
             if n == 0:  # Poisson sampling drew no example: a zero-gradient row, still noised
                 rows = types = torch.zeros((1, local.context), dtype=torch.long)
                 lengths, targets = torch.ones(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
-            negatives = torch.randint(
-                num_items, (len(targets), local.negatives), generator=generator
-            )
+                index = torch.zeros(1, dtype=torch.long)
+            if engine is not None:
+                # Negatives drawn for every example and picked by its index: what a sampled
+                # example is compared with does not depend on which others the secret batch
+                # holds, so one record changes one clipped gradient, as DP-SGD's analysis needs.
+                every = (len(examples), local.negatives)
+                negatives = torch.randint(num_items, every, generator=generator)[index]
+            else:
+                negatives = torch.randint(
+                    num_items, (len(targets), local.negatives), generator=generator
+                )
             candidates = torch.cat([targets[:, None], negatives], 1)
             inputs = (t.to(device) for t in (rows, types, lengths, candidates))
             logits = scorer(*inputs)
