@@ -2,7 +2,7 @@
 
 The device trains the global weights (the parts the federation trains) on its own examples with
 DP-SGD and replies with their new values, its example count and the epsilon it has spent (and
-its training loss, which no noise covers, only without record-level DP). Example counts are
+its training loss, which no noise covers, only without DP). Example counts are
 treated as public, as Opacus treats a data set's size. Its texts, events and interest vector
 never enter the reply. Its privacy ledger (every round's epsilon and the parameters behind it)
 lives in its encrypted store, so the spent budget carries over between rounds and restarts, and
@@ -165,7 +165,8 @@ def train_device(settings: FederationSettings, partition: int, content: RecordDi
         store.put_json(LEDGER_RECORD, ledger.to_json())
         exhausted = not _affordable(ledger, plan, privacy)
     # the loss is computed from the device's examples without noise: sent only without DP
-    unnoised = {} if privacy.enabled else {"train-loss": loss}
+    private = privacy.enabled or settings.user_privacy.enabled
+    unnoised = {} if private else {"train-loss": loss}
     metrics = MetricRecord(
         {
             "num-examples": num_examples,

@@ -271,6 +271,7 @@ def test_no_device_sends_its_texts_or_interest_vector(
             for _, value in pickle.loads(path.read_bytes())
         ]
         blob = b"".join(sent)
+        assert b"train-loss" not in blob  # under DP no noise covers the loss: not sent
         own = [t for t, u in zip(texts.texts, texts.users, strict=True) if u == user]
         for text in own:
             for start in range(0, max(1, len(text) - 12), 6):
@@ -580,6 +581,7 @@ def test_fedadam_steps_the_global_model_in_every_round(tmp_path: Path) -> None:
     simulation_run.simulate(settings)
     lines = [json.loads(text) for text in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(line["applied"], line["dropped"]) for line in lines] == [(True, 0)] * 3
+    assert all(line["loss"] > 0 for line in lines)  # without DP devices report their loss
     torch.manual_seed(settings.seed)
     initial = Recommender(settings.model).state_dict()
     saved = _checkpoint(tmp_path)
