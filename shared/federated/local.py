@@ -258,7 +258,8 @@ def train_local(
             poisson_sampling=False,  # the loader above samples, from the secret generator
             noise_generator=secret_generator(device),
         )
-        scorer.forbid_grad_accumulation()  # what make_private does when it samples itself
+        if isinstance(scorer, GradSampleModule):  # as make_private does when it samples itself
+            scorer.forbid_grad_accumulation()
     rate = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: schedule_share(local.schedule, step, plan.steps)
     )
