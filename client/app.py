@@ -9,9 +9,10 @@ lives in its encrypted store, so the spent budget carries over between rounds an
 the device refuses a round that would take it past its budget.
 
 To evaluate, the device ranks the catalog for itself with the global weights and replies with
-only the metrics of its held-out item (HR@10, nDCG@10, MRR), which the server averages.
+only the metrics of its held-out item (HR@10, nDCG@10, MRR), which the server averages. No
+noise covers them: under DP it evaluates only where the run config allows it.
 Asked which device it is (a query message), it answers with its partition id alone, so the
-server can sample devices by it with the run's seed.
+server can sample devices by it (with the run's seed, or under user-level DP secretly).
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ def make_client_app(
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        """Which device this is (its partition id), so that the server can sample devices
-        reproducibly by it; nothing else."""
+        """Which device this is (its partition id), so that the server can sample devices by
+        it; nothing else."""
         run = settings or FederationSettings.from_run_config(context.run_config)
         device = MetricRecord({"device": device_partition(context, run)})
         return Message(content=RecordDict({"metrics": device}), reply_to=msg)
@@ -165,8 +166,7 @@ def train_device(settings: FederationSettings, partition: int, content: RecordDi
         store.put_json(LEDGER_RECORD, ledger.to_json())
         exhausted = not _affordable(ledger, plan, privacy)
     # the loss is computed from the device's examples without noise: sent only without DP
-    private = privacy.enabled or settings.user_privacy.enabled
-    unnoised = {} if private else {"train-loss": loss}
+    unnoised = {} if settings.dp else {"train-loss": loss}
     metrics = MetricRecord(
         {
             "num-examples": num_examples,
@@ -246,7 +246,13 @@ def evaluate_device(
     settings: FederationSettings, partition: int, content: RecordDict
 ) -> RecordDict:
     """Device ``partition`` ranks the catalog with the global weights; the reply holds only
-    the metrics of its held-out item (as one example)."""
+    the metrics of its held-out item (as one example). No noise covers them, so under DP at
+    either level the device refuses unless the run config says ``evaluate-outside-dp``."""
+    if settings.dp and not settings.evaluate_outside_dp:
+        raise PermissionError(
+            f"device {partition} does not evaluate under DP: its held-out item's metrics would "
+            "leave it without noise (set evaluate-outside-dp = true to allow it)"
+        )
     world = federation_world(settings)
     position = world.position_of(partition)
     scorer = world.recommender(_global_network(settings, content), "device")

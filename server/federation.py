@@ -43,6 +43,7 @@ from fedrec.server.strategy import (
     FrozenPartsStrategy,
     MomentumStrategy,
     ScheduledStepStrategy,
+    SecretSampling,
     SeededSamplingStrategy,
     ValidatedStrategy,
     array_record,
@@ -130,7 +131,7 @@ def _aggregation(settings: FederationSettings, user_noise: float | None) -> Stra
     user_level = settings.user_privacy
     common: dict[str, Any] = {
         "fraction_train": settings.fraction_train,
-        "fraction_evaluate": settings.fraction_evaluate,
+        "fraction_evaluate": settings.fraction_evaluate if settings.device_evaluation else 0.0,
         "min_train_nodes": settings.sampled_devices,
         "min_evaluate_nodes": max(1, round(settings.fraction_evaluate * settings.devices)),
         "min_available_nodes": settings.devices,
@@ -191,8 +192,12 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
     momentum = inner_strategy(validated, MomentumStrategy)
     if momentum is not None and moments:
         momentum.velocity = checked_moments(moments, {"velocity"}, set(published))["velocity"]
-    sampled = SeededSamplingStrategy(validated, settings.seed, query_partitions)
-    strategy = BudgetStrategy(FrozenPartsStrategy(sampled, frozen))
+    if settings.fraction_evaluate and not settings.device_evaluation:
+        logger.info(
+            "devices do not evaluate under DP: their metrics would leave them without noise "
+            "(evaluate-outside-dp = true asks them anyway)"
+        )
+    strategy = BudgetStrategy(FrozenPartsStrategy(sampling_strategy(settings, validated), frozen))
     key = _signing_key(out)
     result: dict[str, Any] = {}
     for server_round in range(first, settings.rounds + 1):
@@ -333,6 +338,15 @@ def _signing_key(out: Path) -> Any:
 
 
 S = TypeVar("S", bound=Strategy)
+
+
+def sampling_strategy(settings: FederationSettings, inner: Strategy) -> SeededSamplingStrategy:
+    """``inner`` sending its requests to the devices of the run's seed, or, where
+    ``settings.secret_sampling``, its training requests to ``SecretSampling``'s."""
+    secret = None
+    if settings.secret_sampling:
+        secret = SecretSampling(settings.devices, settings.sampled_devices)
+    return SeededSamplingStrategy(inner, settings.seed, query_partitions, secret)
 
 
 def inner_strategy(strategy: Strategy, kind: type[S]) -> S | None:
@@ -481,9 +495,14 @@ def _epsilons(replies: list[Message]) -> dict[str, float] | None:
 def _brief(report: RoundReport) -> str:
     hr, ndcg = report.metrics.get("hr@10", 0.0), report.metrics.get("ndcg@10", 0.0)
     eps = "off" if report.epsilon is None else f"{report.epsilon['max']:.2f}"
-    on_devices = report.device_metrics or {}
+    on_devices = ""
+    if report.device_metrics:
+        on_devices = (
+            f" (on {report.devices_evaluated} devices: HR@10 "
+            f"{report.device_metrics.get('hr@10', float('nan')):.4f})"
+        )
     return (
         f"{report.devices} devices ({report.failed} failed, {report.dropped} dropped), "
-        f"HR@10 {hr:.4f}, nDCG@10 {ndcg:.4f} (on {report.devices_evaluated} devices: HR@10 "
-        f"{on_devices.get('hr@10', float('nan')):.4f}), epsilon max {eps}, {report.wall_s:.1f} s"
+        f"HR@10 {hr:.4f}, nDCG@10 {ndcg:.4f}{on_devices}, epsilon max {eps}, "
+        f"{report.wall_s:.1f} s"
     )

@@ -6,6 +6,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -73,6 +74,24 @@ def seeded_sample(
     return random.Random(f"{seed}/{purpose}/{server_round}").sample(population, count)
 
 
+@dataclass(frozen=True)
+class SecretSampling:
+    """User-level DP's sampling: each round exactly ``sampled`` of the partition ids
+    0..``devices``-1, drawn from the operating system's randomness, as its accounting
+    (``sampled`` of ``devices`` without replacement, by nobody predictable) assumes."""
+
+    devices: int
+    sampled: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.sampled <= self.devices:
+            raise ValueError(f"cannot sample {self.sampled} of {self.devices} devices")
+
+    def draw(self) -> list[int]:
+        """This round's partition ids, in ascending order."""
+        return sorted(random.SystemRandom().sample(range(self.devices), self.sampled))
+
+
 #: Asks the given nodes which device (partition id) each is: node id to partition id, for the
 #: nodes that answered.
 PartitionQuery = Callable[[Grid, list[int]], dict[int, int]]
@@ -86,11 +105,20 @@ class SeededSamplingStrategy(WrappedStrategy):
     by ``seeded_sample`` instead of Flower's unseeded ``random``, as many as ``inner`` asked
     for. It learns each node's partition id with ``query`` the first time it sees the node.
     A node that does not answer is not sampled, and is asked again each time the strategy
-    samples, up to ``QUERY_ATTEMPTS`` asks in all."""
+    samples, up to ``QUERY_ATTEMPTS`` asks in all. With ``secret`` it draws the devices to
+    train with ``SecretSampling`` instead: from every partition id, not only those of nodes it
+    knows, so that a device without a node misses the round (as a device that drops out does)
+    rather than raising the others' chance of being drawn."""
 
-    def __init__(self, inner: Strategy, seed: int, query: PartitionQuery) -> None:
+    def __init__(
+        self,
+        inner: Strategy,
+        seed: int,
+        query: PartitionQuery,
+        secret: SecretSampling | None = None,
+    ) -> None:
         super().__init__(inner)
-        self.seed, self.query = seed, query
+        self.seed, self.query, self.secret = seed, query, secret
         self.partitions: dict[int, int] = {}
         self.asks: Counter[int] = Counter()
 
@@ -130,11 +158,32 @@ class SeededSamplingStrategy(WrappedStrategy):
         known = _unique_partitions(
             {node: self.partitions[node] for node in online if node in self.partitions}
         )
-        messages = messages[: len(known)]
-        chosen = seeded_sample(known, len(messages), self.seed, server_round, purpose)
+        if self.secret is not None and purpose == "train":
+            chosen = _secret_nodes(known, self.secret, len(messages))
+        else:
+            chosen = seeded_sample(
+                known, min(len(messages), len(known)), self.seed, server_round, purpose
+            )
+        messages = messages[: len(chosen)]
         for message, node in zip(messages, chosen, strict=True):
             message.metadata.dst_node_id = node
         return messages
+
+
+def _secret_nodes(known: dict[int, int], sampling: SecretSampling, most: int) -> list[int]:
+    """The nodes of the devices ``sampling`` draws, of those ``known`` (node id to partition
+    id), at most ``most`` (the requests Flower made); a warning counts the drawn devices left
+    out."""
+    nodes = {partition: node for node, partition in known.items()}
+    drawn = sampling.draw()
+    chosen = [nodes[p] for p in drawn if p in nodes][:most]
+    if len(chosen) < len(drawn):
+        logger.warning(
+            "%d of the %d devices drawn have no node to ask: the round trains without them",
+            len(drawn) - len(chosen),
+            len(drawn),
+        )
+    return chosen
 
 
 def _unique_partitions(partitions: dict[int, int]) -> dict[int, int]:

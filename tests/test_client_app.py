@@ -3,13 +3,16 @@ rounds plans its DP noise for the rounds it is expected to join, and refuses onc
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+from flwr.serverapp.strategy import FedAvg
 
-from fedrec.client.app import device_partition, train_device
+from fedrec.client.app import device_partition, evaluate_device, train_device
+from fedrec.server.federation import inner_strategy, make_strategy
 from fedrec.shared.federated.local import LocalConfig
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.model.network import Recommender
@@ -92,3 +95,31 @@ def test_a_device_names_a_partition_id_it_cannot_be() -> None:
         run_id=1, node_id=1, node_config={"partition-id": 2}, state=RecordDict(), run_config={}
     )
     assert device_partition(context, settings) == 2
+
+
+def test_a_device_evaluates_under_dp_only_where_the_run_config_allows_it(tmp_path: Path) -> None:
+    """Its held-out item's metrics leave it without noise: under DP at either level it refuses
+    to evaluate unless ``evaluate-outside-dp`` is set; without DP it evaluates."""
+    record_level = FederationSettings.for_data("demo", devices=3, out=str(tmp_path))
+    no_record = dataclasses.replace(record_level.privacy, enabled=False)
+    user_level = dataclasses.replace(
+        record_level,
+        privacy=no_record,
+        user_privacy=dataclasses.replace(record_level.user_privacy, enabled=True),
+    )
+    content = RecordDict({"arrays": ArrayRecord(Recommender(record_level.model).state_dict())})
+    for settings in (record_level, user_level):
+        assert not settings.device_evaluation
+        inner = inner_strategy(make_strategy(settings, user_noise=1.0), FedAvg)
+        assert inner is not None and inner.fraction_evaluate == 0.0  # the server asks none
+        with pytest.raises(PermissionError, match="device 1 does not evaluate under DP"):
+            evaluate_device(settings, 1, content)
+    for settings in (
+        dataclasses.replace(record_level, evaluate_outside_dp=True),
+        dataclasses.replace(record_level, privacy=no_record),
+    ):
+        assert settings.device_evaluation
+        inner = inner_strategy(make_strategy(settings), FedAvg)
+        assert inner is not None and inner.fraction_evaluate == settings.fraction_evaluate > 0
+        metrics = evaluate_device(settings, 1, content).metric_records["metrics"]
+        assert set(metrics) == {"hr@10", "ndcg@10", "mrr", "num-examples", "device-weight"}

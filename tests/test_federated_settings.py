@@ -74,6 +74,12 @@ def test_movielens_without_dp_defaults_to_the_run_that_met_its_target() -> None:
     assert user == dataclasses.replace(dp, privacy=off, user_privacy=user_only, local=recency)
     both = FederationSettings.for_data("demo", user_privacy=user_only)
     assert both.privacy.enabled and both.local.trained == "users.recency"
+    # the server draws devices secretly only where user-level accounting amplifies by it
+    assert [s.secret_sampling for s in (no_dp, dp, user, both)] == [False, False, True, True]
+    # devices evaluate without noise only without DP, or where the run config allows it
+    assert [s.device_evaluation for s in (no_dp, dp, user)] == [True, False, False]
+    assert dataclasses.replace(dp, evaluate_outside_dp=True).device_evaluation
+    assert not dataclasses.replace(no_dp, fraction_evaluate=0.0).device_evaluation
     chosen = LocalConfig(trained="items")  # parts given are kept
     assert user_level_local(chosen) == chosen
     assert user_level_local(LocalConfig()) == LocalConfig(trained="users.recency")

@@ -1,8 +1,10 @@
-"""Reproducible device sampling: the server draws each round's devices by partition id with
-the run's seed, not with Flower's unseeded ``random`` over random node ids."""
+"""Device sampling: the server draws each round's devices by partition id with the run's seed,
+not with Flower's unseeded ``random`` over random node ids; under user-level DP, from the
+operating system's randomness."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from typing import cast
@@ -14,13 +16,17 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedrec.server.federation import sampling_strategy
 from fedrec.server.strategy import (
     QUERY_ATTEMPTS,
+    SecretSampling,
     SeededSamplingStrategy,
     _unique_partitions,
     array_record,
     seeded_sample,
 )
+from fedrec.shared.federated.settings import FederationSettings
+from fedrec.shared.federated.user_level import UserPrivacyConfig
 
 
 def test_the_same_seed_draws_the_same_devices_whatever_their_node_ids() -> None:
@@ -114,3 +120,58 @@ def test_nodes_claiming_one_device_are_left_out(caplog: pytest.LogCaptureFixture
         known = _unique_partitions({101: 0, 102: 0, 103: 1, 104: 2})
     assert known == {103: 1, 104: 2}
     assert "nodes claiming the same device are left out: partitions [0]" in caplog.text
+
+
+def test_secret_sampling_draws_exactly_its_share_of_all_devices_from_the_os(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """User-level accounting assumes m of N devices without replacement, which nobody can
+    predict: the draw comes from the operating system's bytes, not the run's seed."""
+    sampling = SecretSampling(devices=100, sampled=10)
+    first, second = sampling.draw(), sampling.draw()
+    assert len(set(first)) == 10 and first == sorted(first) and set(first) <= set(range(100))
+    assert first != second  # the same draw twice: 1 chance in 1.7e13
+    monkeypatch.setattr(random, "_urandom", random.Random(7).randbytes)  # what SystemRandom reads
+    replayed = sampling.draw()
+    monkeypatch.setattr(random, "_urandom", random.Random(7).randbytes)
+    assert sampling.draw() == replayed
+    with pytest.raises(ValueError, match="cannot sample 11 of 10 devices"):
+        SecretSampling(devices=10, sampled=11)
+
+
+def test_secret_sampling_trains_the_drawn_devices_it_can_reach_and_no_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Exactly the drawn devices, however many requests Flower made; a drawn device whose
+    node is silent misses the round instead of another taking its place. Evaluation requests
+    still follow the seed."""
+    for name in ("_task_id", "_run_id", "_node_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    partitions = {1000 + p: p for p in range(100)}
+    silent = {1000 + p for p in range(0, 100, 2)}  # the even devices do not answer
+    grid = cast(Grid, Nodes(list(partitions)))
+    arrays = array_record({"w": np.zeros(2, np.float32)})
+    sampling = SecretSampling(devices=100, sampled=10)
+    inner = FedAvg(fraction_train=0.5, fraction_evaluate=0.2, min_available_nodes=100)
+    strategy = SeededSamplingStrategy(inner, 11, Query(partitions, silent), sampling)
+    monkeypatch.setattr(random, "_urandom", random.Random(3).randbytes)
+    drawn = sampling.draw()
+    monkeypatch.setattr(random, "_urandom", random.Random(3).randbytes)
+    trained = [
+        m.metadata.dst_node_id
+        for m in strategy.configure_train(1, arrays, ConfigRecord(), grid)  # 50 requests
+    ]
+    assert trained == [1000 + p for p in drawn if p % 2]
+    known = {n: p for n, p in partitions.items() if n not in silent}
+    evaluated = strategy.configure_evaluate(1, arrays, ConfigRecord(), grid)
+    assert [m.metadata.dst_node_id for m in evaluated] == seeded_sample(
+        known, 20, 11, 1, "evaluate"
+    )
+
+
+def test_the_server_samples_secretly_exactly_under_user_level_dp() -> None:
+    inner = FedAvg()
+    settings = FederationSettings(devices=40, fraction_train=0.25)
+    assert sampling_strategy(settings, inner).secret is None
+    user_level = dataclasses.replace(settings, user_privacy=UserPrivacyConfig(enabled=True))
+    assert sampling_strategy(user_level, inner).secret == SecretSampling(40, 10)

@@ -105,7 +105,9 @@ def small_federation(out: Path, **overrides: Any) -> FederationSettings:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     out = tmp_path_factory.mktemp("federation")
-    settings = small_federation(out, rounds=2, user_privacy=UserPrivacyConfig(enabled=True))
+    settings = small_federation(
+        out, rounds=2, user_privacy=UserPrivacyConfig(enabled=True), evaluate_outside_dp=True
+    )
     with pytest.MonkeyPatch.context() as patch:
         wrap_devices(patch, Capture(out / "captured"), RecordPriority(out / "priorities"))
         summary = simulation_run.simulate(settings)
@@ -258,9 +260,12 @@ def test_no_device_sends_its_texts_or_interest_vector(
     texts = world.split.dataset.texts
     captured = sorted((out / "captured").glob("*.pkl"))
     kinds = [path.stem.rsplit("-", 1)[1] for path in captured]
-    # each device said once which it is (for seeded sampling); device 0 failed in round 1
-    assert sorted(set(kinds)) == ["evaluate", "query", "train"], kinds
-    assert kinds.count("train") == kinds.count("evaluate") == DEVICES * 2 - 1, kinds
+    # each device said once which it is (for seeded sampling); device 0 failed in round 1;
+    # under DP devices evaluate only where the run config allows it (the first run)
+    evaluated = ["evaluate"] if settings.device_evaluation else []
+    assert sorted(set(kinds)) == [*evaluated, "query", "train"], kinds
+    assert kinds.count("train") == DEVICES * 2 - 1, kinds
+    assert kinds.count("evaluate") == len(evaluated) * (DEVICES * 2 - 1), kinds
     assert kinds.count("query") == DEVICES, kinds
     for partition in range(DEVICES):
         user = world.user_of(partition)
@@ -306,6 +311,9 @@ def test_distributed_rounds_are_applied_and_the_servers_momentum_is_resumed(
         (True, 0, 1),
     ]
     assert settings.noise_shares == 2 and summary["epsilon_max"] <= 8.0
+    # under DP no device is asked to evaluate: its metrics would leave it without noise
+    assert all(line["devices_evaluated"] == 0 for line in lines)
+    assert all(line["device_metrics"] is None for line in lines)
     trained = trained_names(Recommender(settings.model), TRAINED)
     saved = _checkpoint(out)
     assert sorted(k for k in saved if k.startswith(SERVER_MOMENTUM)) == sorted(
@@ -476,7 +484,7 @@ def test_the_server_publishes_a_moving_average_and_devices_train_the_weights(
 ) -> None:
     """Under ``average_decay`` the checkpoint, the bundles and federated evaluation carry the
     moving average; devices train from the weights themselves, also after a restart."""
-    settings = small_federation(tmp_path, rounds=1, average_decay=0.5)
+    settings = small_federation(tmp_path, rounds=1, average_decay=0.5, evaluate_outside_dp=True)
     received = tmp_path / "received"
     wrap_devices(monkeypatch, Received(received))
     simulation_run.simulate(settings)

@@ -41,8 +41,10 @@ class FederationSettings:
     (``fedrec.server.strategy.server_step``); with ``average_decay`` > 0 the server evaluates
     and publishes a moving average of the global weights (``fedrec.server.averaging``).
     ``seed`` fixes the initial weights, the devices sampled in each round
-    (``fedrec.server.strategy.seeded_sample``) and each device's own batches, never its DP
-    noise. ``canaries`` > 0 plants that many audit canaries
+    (``fedrec.server.strategy.seeded_sample``; not under user-level DP, ``secret_sampling``)
+    and each device's own batches, never its DP noise or sampling. Under DP at either level,
+    devices answer federated evaluation only with ``evaluate_outside_dp``
+    (``device_evaluation``). ``canaries`` > 0 plants that many audit canaries
     (``fedrec.simulations.audit``), ``canary_repeats`` times each, in the first devices."""
 
     data: str = "demo"
@@ -50,6 +52,7 @@ class FederationSettings:
     rounds: int = 5
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
+    evaluate_outside_dp: bool = False
     participation_margin: float = 2.0
     strategy: Strategy = "fedavg"
     server_learning_rate: float = 1e-2
@@ -124,6 +127,26 @@ class FederationSettings:
     def sampled_devices(self) -> int:
         """Devices asked to train each round (Flower's FedAvg: a fraction, at least 2)."""
         return max(2, round(self.fraction_train * self.devices))
+
+    @property
+    def dp(self) -> bool:
+        """Whether DP at either level covers what devices send."""
+        return self.privacy.enabled or self.user_privacy.enabled
+
+    @property
+    def device_evaluation(self) -> bool:
+        """Whether the server asks devices to evaluate. A device's reply holds its held-out
+        item's HR@10, nDCG@10 and MRR, which no noise covers: under DP at either level only
+        when ``evaluate_outside_dp`` says so, and the device checks it too
+        (``fedrec.client.app.evaluate_device``)."""
+        return self.fraction_evaluate > 0 and (self.evaluate_outside_dp or not self.dp)
+
+    @property
+    def secret_sampling(self) -> bool:
+        """Whether the server draws each round's devices from the operating system's randomness
+        rather than the run's seed: under user-level DP, whose accounting amplifies by a
+        sampling of devices nobody can predict."""
+        return self.user_privacy.enabled
 
     @property
     def noise_shares(self) -> int:
@@ -290,6 +313,7 @@ RESUMABLE_KEYS = frozenset(
         "rounds",
         "out",
         "fraction-evaluate",
+        "evaluate-outside-dp",
         "participation-margin",
         "max-update-norm",
         "min-update-share",
