@@ -33,6 +33,7 @@ from fedrec.client.store import (
     json_record,
 )
 from fedrec.shared.bundle import (
+    BundleContentError,
     BundleModelError,
     BundleRollbackError,
     ItemBundle,
@@ -106,6 +107,7 @@ class Device:
         model: DeviceModel,
         public_key: Ed25519PublicKey,
         bundle: ItemBundle,
+        index: ItemIndex,
     ) -> None:
         self._folder = folder
         self._forgotten = False
@@ -116,7 +118,7 @@ class Device:
         self._text_features = _features_from_entries(
             store.entries(TEXT_FEATURES_LOG), model.encoder.dim
         )
-        self._use_bundle(bundle)
+        self._use_bundle(bundle, index)
         self._state = self._restore()
 
     @classmethod
@@ -128,15 +130,18 @@ class Device:
         public_key: Ed25519PublicKey,
         bundle_blob: bytes,
     ) -> Device:
-        """A new device in ``folder``, with the server's first signed item bundle. A failed
-        create leaves nothing behind."""
+        """A new device in ``folder``, with the server's first signed item bundle, whose version
+        it records so that ``open`` refuses an older file. A failed create leaves nothing
+        behind."""
         folder = Path(folder).expanduser()
         _check_parts(model, public_key)
-        bundle = _checked_bundle(verify_bundle(bundle_blob, public_key), model)
+        bundle, index = _checked_bundle(verify_bundle(bundle_blob, public_key), model)
         store = EncryptedStore(folder, key, create=True)
         try:
             write_atomic(folder / BUNDLE_FILE, bundle_blob)
-            return cls(folder, store, model, public_key, bundle)
+            device = cls(folder, store, model, public_key, bundle, index)
+            device._save_state()
+            return device
         except BaseException:
             (folder / BUNDLE_FILE).unlink(missing_ok=True)
             forget_store(folder)  # and the folder, if that leaves it empty
@@ -154,14 +159,14 @@ class Device:
         path = folder / BUNDLE_FILE
         if not path.is_file():
             raise StoreError(f"{path} is missing: the device has no items to rank; restore it")
-        bundle = _checked_bundle(verify_bundle(path.read_bytes(), public_key), model)
+        bundle, index = _checked_bundle(verify_bundle(path.read_bytes(), public_key), model)
         meta = store.get_json("state_meta")
         if meta is not None and meta["bundle"] > bundle.version:
             raise BundleRollbackError(
                 f"{path} is version {bundle.version}, older than the version {meta['bundle']} "
                 "this device installed: the file was rolled back"
             )
-        return cls(folder, store, model, public_key, bundle)
+        return cls(folder, store, model, public_key, bundle, index)
 
     # -- feedback ----------------------------------------------------------------------------
 
@@ -335,9 +340,12 @@ class Device:
 
     def update_bundle(self, blob: bytes) -> None:
         """Take a newer signed bundle from the server. A bundle that fails its signature or
-        checksum, or is not newer, raises and the device keeps the one it had."""
+        checksum, is not newer, or cannot be ranked raises, and the device keeps the one it had.
+        If saving the interest state then fails, the error is raised with the new bundle
+        installed, and the next ``open`` rebuilds the state from the history."""
         self._check_not_forgotten()
-        bundle = _checked_bundle(accept_bundle(self._bundle, blob, self._public_key), self._model)
+        accepted = accept_bundle(self._bundle, blob, self._public_key)
+        bundle, index = _checked_bundle(accepted, self._model)
         offered = set(bundle.item_ids)
         missing = [  # clicked items, and items texts are about
             e["item"] for e in self._history if e["item"] is not None and e["item"] not in offered
@@ -348,7 +356,7 @@ class Device:
             )
         self._store.check_writable()  # before the bundle file: a stale or forgotten device
         write_atomic(self._folder / BUNDLE_FILE, blob)
-        self._use_bundle(bundle)
+        self._use_bundle(bundle, index)
         self._state = self._replay(self._model.network.users.start(), 0)
         self._save_state()
 
@@ -375,12 +383,12 @@ class Device:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _use_bundle(self, bundle: ItemBundle) -> None:
-        self._bundle = bundle
-        self._vectors = np.ascontiguousarray(bundle.dense(), dtype=np.float32)
-        self._index = ItemIndex(bundle.embeddings)
+    def _use_bundle(self, bundle: ItemBundle, index: ItemIndex) -> None:
+        """Rank with ``bundle`` (checked by ``_checked_bundle``, which built ``index``)."""
+        vectors = np.ascontiguousarray(bundle.dense(), dtype=np.float32)
+        centroid = vectors.mean(axis=0)
+        self._bundle, self._vectors, self._index = bundle, vectors, index
         self._positions = {item: i for i, item in enumerate(bundle.item_ids)}
-        centroid = self._vectors.mean(axis=0)
         self._centroid = centroid / max(float(np.linalg.norm(centroid)), 1e-12)
         self._event_matrix = self._event_vectors()
         self._seen_mask = np.zeros(len(bundle.item_ids), dtype=bool)
@@ -446,15 +454,22 @@ def _check_parts(model: DeviceModel, public_key: Ed25519PublicKey) -> None:
         )
 
 
-def _checked_bundle(bundle: ItemBundle, model: DeviceModel) -> ItemBundle:
-    """``bundle``, whose item vectors must have the dimension the device's model makes."""
+def _checked_bundle(bundle: ItemBundle, model: DeviceModel) -> tuple[ItemBundle, ItemIndex]:
+    """``bundle``, whose item vectors must have the dimension the device's model makes and be
+    unit vectors, and the index that ranks them; checked before anything is written."""
     dim, expected = bundle.embeddings.shape[1], model.network.config.item_dim
     if dim != expected:
         raise BundleModelError(
             f"the bundle's items are {dim}-d, this device's model makes {expected}-d vectors: "
             "not installed"
         )
-    return bundle
+    try:
+        index = ItemIndex(bundle.embeddings)
+    except ValueError as error:
+        raise BundleContentError(
+            f"the bundle's item vectors cannot be ranked ({error}): not installed"
+        ) from None
+    return bundle, index
 
 
 def _is_finite_number(value: object) -> bool:

@@ -121,11 +121,12 @@ def key_from_passphrase(passphrase: str, salt: bytes, params: ScryptParams | Non
 
 
 def forget_store(path: str | os.PathLike[str]) -> None:
-    """Delete the store at ``path``, no key needed: its file, temp files, the dir if then empty."""
+    """Delete the store at ``path``, no key needed: its journal and temp files, then its file
+    (so that a crash midway leaves no journal without its store), the dir if then empty."""
     directory = Path(path)
     if not directory.is_dir():
         return
-    for file in [directory / STORE_FILE, directory / JOURNAL_FILE, *_temp_files(directory)]:
+    for file in [directory / JOURNAL_FILE, *_temp_files(directory), directory / STORE_FILE]:
         file.unlink(missing_ok=True)
     fsync_dir(directory)
     with contextlib.suppress(OSError):
@@ -361,6 +362,9 @@ class EncryptedStore:
         if self._file.exists():
             raise StoreExistsError(f"{self._file} already exists; open it without create=True")
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # left by a forget that crashed after deleting its store file: nothing can read them
+        for stray in [self._journal, *_temp_files(self._dir)]:
+            stray.unlink(missing_ok=True)
         store_id = os.urandom(_ID_BYTES)
         encryption_key, key_check = _subkeys(key, store_id)
         self._aead = AESGCM(encryption_key)
@@ -392,7 +396,8 @@ class EncryptedStore:
 
     def _load_journal(self) -> None:
         """Replay the journal's frames over the store file's logs. A frame cut short at the end
-        (a crash mid-append, never acknowledged) is cut off; a journal the store file already
+        (a crash mid-append, never acknowledged) is cut off, as is a tail of zeros (an append
+        the file system zero-filled at power loss); a journal the store file already
         folded in (a crash before it was removed) is removed; any other damage raises."""
         try:
             blob = self._journal.read_bytes()
@@ -416,6 +421,8 @@ class EncryptedStore:
         frames = 0
         while len(blob) - offset >= _FRAME_LEN.size + _NONCE_BYTES + _TAG_BYTES:
             length, check = _FRAME_LEN.unpack_from(blob, offset)
+            if not any(blob[offset:]):  # an append the file system zero-filled at power loss
+                break
             if check != _length_check(length):  # a torn append keeps its whole head
                 raise TamperedStoreError(
                     self._journal, f"journal frame {frames}'s length is damaged"

@@ -12,11 +12,13 @@ import torch
 from fedrec.client.device import Device, DeviceInputError, DeviceModel
 from fedrec.client.store import StoreError, StoreNotFoundError
 from fedrec.shared.bundle import (
+    BundleContentError,
     BundleError,
     BundleModelError,
     ItemBundle,
     generate_signing_key,
     sign_bundle,
+    verify_bundle,
 )
 from fedrec.shared.encoder.config import EncoderConfig
 from fedrec.shared.encoder.model import TextEncoder
@@ -314,14 +316,15 @@ def test_a_create_that_fails_leaves_nothing_behind(
     private, public = signing
     blob = bundle_blob(model, private, 1)
 
-    def fail(self: Device, bundle: ItemBundle) -> None:
-        raise MemoryError("no room for the index")
+    def fail(self: Device, *args: object) -> None:
+        raise MemoryError("no room")
 
-    monkeypatch.setattr(Device, "_use_bundle", fail)
-    with pytest.raises(MemoryError):
-        Device.create(tmp_path / "new", KEY, model, public, blob)  # type: ignore[arg-type]
-    assert not (tmp_path / "new").exists()
-    monkeypatch.undo()
+    for step in ("_use_bundle", "_save_state"):  # building the index; saving the first state
+        monkeypatch.setattr(Device, step, fail)
+        with pytest.raises(MemoryError):
+            Device.create(tmp_path / "new", KEY, model, public, blob)  # type: ignore[arg-type]
+        assert not (tmp_path / "new").exists()
+        monkeypatch.undo()
     Device.create(tmp_path / "new", KEY, model, public, blob).record("jazz", timestamp=1)  # type: ignore[arg-type]
 
 
@@ -358,6 +361,37 @@ def test_a_rolled_back_or_missing_bundle_file_is_refused(
     (folder / "items.bundle").unlink()
     with pytest.raises(StoreError, match=r"items\.bundle is missing"):
         Device.open(folder, KEY, model, public)  # type: ignore[arg-type]
+
+
+def test_a_bundle_rolled_back_before_any_feedback_is_refused(
+    tmp_path: Path, model: DeviceModel, signing: tuple[object, object]
+) -> None:
+    """The version a device was created with is recorded at once, not at its first save."""
+    private, public = signing
+    folder = tmp_path / "dev"
+    Device.create(folder, KEY, model, public, bundle_blob(model, private, 5))  # type: ignore[arg-type]
+    (folder / "items.bundle").write_bytes(bundle_blob(model, private, 3))  # signed, older
+    with pytest.raises(BundleError, match="version 3, older than the version 5 this device"):
+        Device.open(folder, KEY, model, public)  # type: ignore[arg-type]
+
+
+def test_a_signed_bundle_that_cannot_be_ranked_is_refused_and_changes_nothing(
+    tmp_path: Path, device: Device, model: DeviceModel, signing: tuple[object, object]
+) -> None:
+    """Rows that are not unit vectors (a server bug) are refused before the file is written:
+    the device keeps ranking with the bundle it had, and opens again."""
+    private, public = signing
+    device.record("jazz", timestamp=5)
+    before = state_on_disk(tmp_path / "dev")
+    ranked = device.recommend(3)
+    good = verify_bundle(bundle_blob(model, private, 2), public)  # type: ignore[arg-type]
+    scaled = ItemBundle(2, "test", good.item_ids, good.dense() * 10)
+    with pytest.raises(BundleContentError, match=r"cannot be ranked .*L2-normalised"):
+        device.update_bundle(sign_bundle(scaled, private))  # type: ignore[arg-type]
+    assert state_on_disk(tmp_path / "dev") == before
+    assert device.export()["bundle_version"] == 1 and device.recommend(3) == ranked
+    reopened = Device.open(tmp_path / "dev", KEY, model, public)  # type: ignore[arg-type]
+    assert reopened.recommend(3) == ranked
 
 
 def test_a_stale_or_forgotten_device_writes_no_bundle(

@@ -405,6 +405,32 @@ def test_a_torn_last_append_is_cut_off(store: EncryptedStore, cut: int) -> None:
     assert EncryptedStore(store.path, KEY).entries("events") == [b"e1", b"e3"]
 
 
+def test_a_zero_filled_last_append_is_cut_off(store: EncryptedStore) -> None:
+    """Some file systems leave a zero-filled tail when the power goes mid-append: an append
+    never acknowledged, cut off like a torn one."""
+    store.append("events", b"e1")
+    store.append("events", b"e2")
+    file = journal_file(store)
+    size = file.stat().st_size
+    file.write_bytes(file.read_bytes() + bytes(64))
+    reopened = EncryptedStore(store.path, KEY)
+    assert reopened.entries("events") == [b"e1", b"e2"] and file.stat().st_size == size
+    reopened.append("events", b"e3")
+    assert EncryptedStore(store.path, KEY).entries("events") == [b"e1", b"e2", b"e3"]
+
+
+def test_a_journal_left_without_its_store_does_not_break_a_new_one(
+    store: EncryptedStore,
+) -> None:
+    """A forget that crashed after removing the store file (as forget did before it removed
+    the journal first) leaves a journal no key can read: a new store in the folder drops it."""
+    store.append("events", b"e1")
+    store_file(store).unlink()
+    new = EncryptedStore(store.path, KEY, create=True)
+    new.append("events", b"fresh")
+    assert EncryptedStore(store.path, KEY).entries("events") == [b"fresh"]
+
+
 def test_a_failed_append_changes_nothing(
     store: EncryptedStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
