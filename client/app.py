@@ -223,7 +223,15 @@ def _train(
         seed=seed,
     )
     recorded = RoundPlan(plan.batch_size, result.sample_rate, result.steps, result.noise_multiplier)
-    return result.num_examples, result.loss, result.epsilon, recorded
+    if result.noise_multiplier is None:
+        return result.num_examples, result.loss, None, recorded
+    # from the ledger and the steps that ran, not Opacus' running figure: its loader runs
+    # int(1 / q) steps an epoch (one fewer than planned for some batch counts) and its
+    # accountant takes the sampling rate from that count, a little above the one used
+    ran = (result.noise_multiplier, result.sample_rate, result.steps)
+    history = [*ledger.history(privacy.accountant), ran]
+    spent = epsilon_of(privacy.accountant, history, privacy.delta)
+    return result.num_examples, result.loss, spent, recorded
 
 
 def _ledger(store: EncryptedStore) -> PrivacyLedger:

@@ -42,6 +42,7 @@ from fedrec.server.strategy import (
     BudgetStrategy,
     FrozenPartsStrategy,
     MomentumStrategy,
+    SampledMeanStrategy,
     ScheduledStepStrategy,
     SecretSampling,
     SeededSamplingStrategy,
@@ -148,7 +149,7 @@ def _aggregation(settings: FederationSettings, user_noise: float | None) -> Stra
     if user_noise is None:
         raise ValueError("user-level DP needs the server's noise multiplier")
     return DifferentialPrivacyServerSideFixedClipping(
-        strategy,
+        SampledMeanStrategy(strategy, settings.sampled_devices),
         noise_multiplier=user_noise,
         clipping_norm=user_level.clipping_norm,
         num_sampled_clients=settings.sampled_devices,
@@ -180,7 +181,7 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
         _log_user_noise(noise, sum(a.size for a in record_arrays(published).values()), settings)
     validated = ValidatedStrategy(
         make_strategy(settings, noise),
-        settings.max_update_norm,
+        settings.update_norm_bound,
         settings.min_update_share,
         settings.local.max_examples,
         noise_shares=settings.noise_shares if settings.privacy.distributed else 0,
@@ -258,6 +259,10 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
                 owner = device if isinstance(device, int) else reply.metadata.src_node_id
                 spent[str(owner)] = float(epsilon)
         write_json(out / BUDGETS, spent, indent=1)
+        # the round's line (its user-level noise) before its checkpoint: a crash between the
+        # two repeats the round, and both releases are counted
+        with (out / METRICS).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(report.__dict__) + "\n")
         save_checkpoint(
             out,
             network,
@@ -266,8 +271,6 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
             server_round,
             None if momentum is None else momentum.velocity,
         )
-        with (out / METRICS).open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(report.__dict__) + "\n")
         logger.info("round %d: %s", server_round, _brief(report))
         result = {
             **evaluation.to_json(),

@@ -220,6 +220,38 @@ def server_step(schedule: str, server_round: int, rounds: int) -> float:
     return schedule_share(schedule, server_round - 1, rounds)
 
 
+class SampledMeanStrategy(ReferenceStrategy):
+    """Delegates to ``inner`` (an unweighted mean of the updates that arrive) and divides their
+    sum by the ``sampled`` devices asked instead of by those that replied: a device that drops
+    out, refuses, is withheld or is dropped counts as a zero update. So one device moves the
+    result by at most C / ``sampled`` for updates clipped to C, whatever else happens in the
+    round, as user-level DP's noise (sigma C / ``sampled``) assumes."""
+
+    def __init__(self, inner: Strategy, sampled: int) -> None:
+        super().__init__(inner)
+        self.sampled = sampled
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        if len(replies) > self.sampled:
+            raise ValueError(
+                f"round {server_round}: {len(replies)} updates from {self.sampled} devices asked"
+            )
+        aggregated, metrics = self.inner.aggregate_train(server_round, replies)
+        if aggregated is None:
+            return None, metrics
+        share, mean = len(replies) / self.sampled, record_arrays(aggregated)
+        summed = {}
+        for name, old in self.reference.items():
+            start = old.astype(np.float64)
+            summed[name] = (start + share * (mean[name].astype(np.float64) - start)).astype(
+                old.dtype
+            )
+        return array_record(summed), metrics
+
+
 class ScheduledStepStrategy(ReferenceStrategy):
     """Delegates to ``inner`` and moves the global weights from where they were towards
     ``inner``'s aggregate by ``server_step(schedule, round, rounds)`` of the way: a server

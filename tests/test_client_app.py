@@ -6,17 +6,21 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from fedrec.client.app import device_partition, evaluate_device, train_device
+from fedrec.client.app import _train, device_partition, evaluate_device, train_device
 from fedrec.server.federation import inner_strategy, make_strategy
-from fedrec.shared.federated.local import LocalConfig
+from fedrec.shared.federated.examples import DeviceExamples
+from fedrec.shared.federated.ledger import PrivacyLedger, epsilon_of
+from fedrec.shared.federated.local import LocalConfig, plan_round
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.model.network import Recommender
 from fedrec.simulations.keys import ensure_secret
+from fedrec.simulations.world import federation_world
 
 
 @pytest.mark.slow
@@ -123,3 +127,26 @@ def test_a_device_evaluates_under_dp_only_where_the_run_config_allows_it(tmp_pat
         assert inner is not None and inner.fraction_evaluate == settings.fraction_evaluate > 0
         metrics = evaluate_device(settings, 1, content).metric_records["metrics"]
         assert set(metrics) == {"hr@10", "ndcg@10", "mrr", "num-examples", "device-weight"}
+
+
+def test_a_device_records_the_epsilon_of_the_steps_that_ran(tmp_path: Path) -> None:
+    """With 93 batches Opacus' loader runs int(1 / (1/93)) = 92 steps and its accountant takes
+    the sampling rate 1/92: the device records the epsilon of what ran (92 steps at 1/93) from
+    its ledger, so the figure it reports is the one a recomputation gives."""
+    settings = FederationSettings.for_data(
+        "demo", devices=3, out=str(tmp_path), local=LocalConfig(batch_size=1, epochs=1)
+    )
+    world = federation_world(settings)
+    some = world.examples(2, settings.local)
+    take = np.arange(93) % len(some)
+    arrays = (some.rows, some.types, some.lengths, some.targets)
+    examples = DeviceExamples(*(a[take] for a in arrays))
+    plan = plan_round(len(examples), settings.local, settings.privacy, 5)
+    assert (plan.sample_rate, plan.steps) == (1 / 93, 93)
+    network = Recommender(settings.model)
+    _, _, epsilon, recorded = _train(settings, world, network, examples, PrivacyLedger(), plan, 0)
+    assert (recorded.sample_rate, recorded.steps) == (1 / 93, 92)
+    mechanism = (recorded.noise_multiplier, 1 / 93, 92)
+    assert epsilon == epsilon_of("rdp", [mechanism], settings.privacy.delta)
+    opacus = epsilon_of("rdp", [(recorded.noise_multiplier, 1 / 92, 92)], settings.privacy.delta)
+    assert epsilon is not None and epsilon < opacus  # Opacus' figure, safe but not the ledger's

@@ -80,6 +80,10 @@ def test_movielens_without_dp_defaults_to_the_run_that_met_its_target() -> None:
     assert [s.device_evaluation for s in (no_dp, dp, user)] == [True, False, False]
     assert dataclasses.replace(dp, evaluate_outside_dp=True).device_evaluation
     assert not dataclasses.replace(no_dp, fraction_evaluate=0.0).device_evaluation
+    # the server drops updates by their norm only where that is not part of a DP release
+    distributed = dataclasses.replace(dp, privacy=PrivacyConfig(distributed=True))
+    bounds = [s.update_norm_bound for s in (no_dp, dp, user, both, distributed)]
+    assert bounds == [50.0, 50.0, math.inf, math.inf, math.inf]
     chosen = LocalConfig(trained="items")  # parts given are kept
     assert user_level_local(chosen) == chosen
     assert user_level_local(LocalConfig()) == LocalConfig(trained="users.recency")
@@ -267,6 +271,10 @@ def test_settings_built_in_code_refuse_what_no_run_can_use() -> None:
         (lambda: LocalConfig(learning_rate=math.nan), "learning_rate must be a finite"),
         (lambda: FederationSettings(max_update_norm=math.nan), "max_update_norm must be a"),
         (lambda: FederationSettings(server_learning_rate=math.inf), "server_learning_rate must"),
+        (
+            lambda: FederationSettings(strategy="fedadam", user_privacy=UserPrivacyConfig(True)),
+            "user-level DP adds its noise to the aggregate",
+        ),
         (lambda: FederationSettings(seed=-1), r"seed must be in \[0, 4294967295\], got -1"),
         (lambda: FederationSettings(seed=2**64), r"seed must be in \[0, 4294967295\]"),
     ]:

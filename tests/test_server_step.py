@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable
 from typing import cast
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.supercore.task_identity import TaskIdentity
 
 from fedrec.server.federation import inner_strategy, make_strategy
 from fedrec.server.strategy import (
     MomentumStrategy,
+    SampledMeanStrategy,
     ScheduledStepStrategy,
     WrappedStrategy,
     array_record,
@@ -24,6 +27,7 @@ from fedrec.server.strategy import (
 )
 from fedrec.shared.federated.local import PrivacyConfig
 from fedrec.shared.federated.settings import FederationSettings
+from fedrec.shared.federated.user_level import UserPrivacyConfig
 
 
 def test_the_cosine_schedule_falls_from_a_whole_step() -> None:
@@ -129,3 +133,50 @@ def test_distributed_dp_always_steps_with_the_servers_learning_rate() -> None:
     momentum = inner_strategy(make_strategy(settings), MomentumStrategy)
     assert momentum is not None and (momentum.learning_rate, momentum.momentum) == (3.0, 0.0)
     assert inner_strategy(make_strategy(FederationSettings()), MomentumStrategy) is None
+
+
+class Nodes:
+    """The part of a Grid that FedAvg's sampling uses: the node ids online."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = nodes
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.nodes)
+
+
+def test_user_level_dp_divides_by_the_devices_sampled_whatever_arrives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Flower's server-side clipping adds noise sigma C / m for m devices sampled; its inner
+    FedAvg would average over the k that reply, so with k < m one user would move the result
+    by C / k, more than the noise covers. fedrec divides the clipped sum by m."""
+    for name in ("_task_id", "_run_id", "_node_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    user = UserPrivacyConfig(enabled=True, clipping_norm=1.0)
+    settings = FederationSettings(devices=8, fraction_train=0.5, user_privacy=user)
+    assert settings.sampled_devices == 4 and settings.update_norm_bound == math.inf
+    strategy = make_strategy(settings, user_noise=1e-9)  # next to no noise: the sum shows
+    start = {"w": np.zeros(3, np.float32)}
+    grid = cast(Grid, Nodes(list(range(8))))
+    requests = list(strategy.configure_train(1, array_record(start), ConfigRecord(), grid))
+    assert len(requests) == 4
+    sent = [np.array([3.0, 0, 0], np.float32), np.array([0, 0.5, 0], np.float32)]
+    replies = [  # two of the four reply; the first update is clipped to norm 1
+        Message(
+            content=RecordDict(
+                {
+                    "arrays": array_record({"w": w}),
+                    "metrics": MetricRecord({"num-examples": 5, "device-weight": 1}),
+                }
+            ),
+            reply_to=request,
+        )
+        for w, request in zip(sent, requests, strict=False)
+    ]
+    aggregated, _ = strategy.aggregate_train(1, replies)
+    assert aggregated is not None
+    np.testing.assert_allclose(record_arrays(aggregated)["w"], [0.25, 0.125, 0], atol=1e-6)
+    assert inner_strategy(strategy, SampledMeanStrategy) is not None
+    with pytest.raises(ValueError, match="6 updates from 4 devices asked"):
+        SampledMeanStrategy(FedAvg(), 4).aggregate_train(1, replies * 3)

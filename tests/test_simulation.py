@@ -380,6 +380,20 @@ def test_the_privacy_report_matches_an_independent_computation(run: Run) -> None
         user_id = world.split.dataset.user_ids[world.user_of(partition)]
         store = EncryptedStore(out / "devices" / user_id, device_key(out, user_id))
         ledger = PrivacyLedger.from_json(store.get_json(LEDGER_RECORD))
+        # the mechanism each entry records is the one the settings give, not only the ledger's
+        # word: Poisson sampling at one over the batches, every batch of each epoch, and the
+        # noise that spends the budget in the planned rounds (also by Google's accountant)
+        examples = len(world.examples(partition, settings.local))
+        batches = math.ceil(examples / min(settings.local.batch_size, examples))
+        sigma = ledger.entries[0].noise_multiplier
+        planned = rdp.RdpAccountant(orders=list(RDP_ORDERS))
+        planned.compose(
+            dp_accounting.PoissonSampledDpEvent(1 / batches, dp_accounting.GaussianDpEvent(sigma)),
+            settings.local.epochs * batches * settings.planned_participations,
+        )
+        assert 7.9 < planned.get_epsilon(1e-5) <= 8.0
+        for entry in ledger.entries:
+            assert entry.mechanism == (sigma, 1 / batches, settings.local.epochs * batches)
         accountant = rdp.RdpAccountant(orders=list(RDP_ORDERS))  # Google's, not Opacus'
         for sigma, q, steps in (e.mechanism for e in ledger.entries):
             event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))

@@ -98,6 +98,12 @@ class FederationSettings:
                 "distributed DP steps the global model with SGD (server-learning-rate, "
                 f"server-momentum): strategy must be 'fedavg', got {self.strategy!r}"
             )
+        if self.user_privacy.enabled and self.strategy != "fedavg":
+            raise ValueError(
+                "user-level DP adds its noise to the aggregate the strategy returns, which "
+                "bounds one user's influence only for FedAvg's mean (FedAdam would step on the "
+                f"mean before the noise): strategy must be 'fedavg', got {self.strategy!r}"
+            )
         if self.server_momentum and self.strategy != "fedavg":
             raise ValueError(
                 "server_momentum applies to the 'fedavg' strategy (FedAdam has its own)"
@@ -140,6 +146,17 @@ class FederationSettings:
         when ``evaluate_outside_dp`` says so, and the device checks it too
         (``fedrec.client.app.evaluate_device``)."""
         return self.fraction_evaluate > 0 and (self.evaluate_outside_dp or not self.dp)
+
+    @property
+    def update_norm_bound(self) -> float:
+        """The norm above which the server drops an update: ``max_update_norm``, but none
+        under distributed or user-level DP, whose guarantees cover only the noised sum:
+        dropping a device because of its update's norm would make the set of devices that
+        count depend on their data, and that set shows in the release. Under both the server
+        drops only malformed updates (and clips each one under user-level DP)."""
+        if self.privacy.distributed or self.user_privacy.enabled:
+            return math.inf
+        return self.max_update_norm
 
     @property
     def secret_sampling(self) -> bool:
