@@ -166,6 +166,11 @@ class Device:
                 f"{path} is version {bundle.version}, older than the version {meta['bundle']} "
                 "this device installed: the file was rolled back"
             )
+        if meta is not None and meta.get("model", bundle.model) != bundle.model:
+            raise BundleModelError(
+                f"{path} is a bundle of model {bundle.model!r}, this device was created with "
+                f"{meta['model']!r}: the file was replaced"
+            )
         return cls(folder, store, model, public_key, bundle, index)
 
     # -- feedback ----------------------------------------------------------------------------
@@ -340,11 +345,13 @@ class Device:
 
     def update_bundle(self, blob: bytes) -> None:
         """Take a newer signed bundle from the server. A bundle that fails its signature or
-        checksum, is not newer, or cannot be ranked raises, and the device keeps the one it had.
+        checksum, is not newer, is of another model than the one the device was created with,
+        or cannot be ranked raises, and the device keeps the one it had.
         If saving the interest state then fails, the error is raised with the new bundle
         installed, and the next ``open`` rebuilds the state from the history."""
         self._check_not_forgotten()
-        accepted = accept_bundle(self._bundle, blob, self._public_key)
+        # the model the device was created with, pinned: another catalog's bundle is refused
+        accepted = accept_bundle(self._bundle, blob, self._public_key, model=self._bundle.model)
         bundle, index = _checked_bundle(accepted, self._model)
         offered = set(bundle.item_ids)
         missing = [  # clicked items, and items texts are about
@@ -398,7 +405,11 @@ class Device:
 
     def _save_state(self) -> None:
         """Save the interest state with the number of events it covers (folds the journal in)."""
-        meta = {"bundle": self._bundle.version, "events": len(self._history)}
+        meta = {
+            "bundle": self._bundle.version,
+            "model": self._bundle.model,
+            "events": len(self._history),
+        }
         self._store.put_many(
             {
                 "state": array_record("state", _state_to_array(self._state)),

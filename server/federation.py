@@ -323,7 +323,7 @@ def _publish(
     embeddings = quantize_int8(vectors) if settings.bundle_format == "int8" else vectors
     bundle = ItemBundle(
         version=server_round,
-        model=f"fedrec-{settings.data}-round-{server_round}",
+        model=bundle_model(settings),
         item_ids=list(world.split.dataset.item_ids),
         embeddings=embeddings,
         round=server_round,
@@ -341,6 +341,12 @@ def _signing_key(out: Path) -> Any:
 
 
 S = TypeVar("S", bound=Strategy)
+
+
+def bundle_model(settings: FederationSettings) -> str:
+    """The model every bundle of a run names (its round is the bundle's ``round``), which a
+    device pins when it is created: the data set's kind and the item vectors' dimension."""
+    return f"fedrec-{settings.data.partition(':')[0]}-{settings.model.item_dim}d"
 
 
 def sampling_strategy(settings: FederationSettings, inner: Strategy) -> SeededSamplingStrategy:

@@ -63,9 +63,11 @@ def bundle_blob(
     int8: bool = False,
     dim: int | None = None,
     without: str | None = None,
+    name: str = "test",
 ) -> bytes:
     """A signed bundle of the catalog; ``dim`` keeps only that many of each vector's
-    components (another model's bundle); ``without`` leaves that item out."""
+    components (another model's bundle); ``without`` leaves that item out; ``name`` is the
+    model it names."""
     features = model.encoder.encode(list(CATALOG.values()))
     with torch.no_grad():
         vectors = model.network.items(torch.from_numpy(features)).numpy()[:, :dim]
@@ -79,7 +81,7 @@ def bundle_blob(
     embeddings = quantize_int8(vectors) if int8 else vectors.astype(np.float32)
     bundle = ItemBundle(
         version=version,
-        model="test",
+        model=name,
         item_ids=[item for item in CATALOG if item != without],
         embeddings=embeddings,
     )
@@ -372,6 +374,24 @@ def test_a_bundle_rolled_back_before_any_feedback_is_refused(
     Device.create(folder, KEY, model, public, bundle_blob(model, private, 5))  # type: ignore[arg-type]
     (folder / "items.bundle").write_bytes(bundle_blob(model, private, 3))  # signed, older
     with pytest.raises(BundleError, match="version 3, older than the version 5 this device"):
+        Device.open(folder, KEY, model, public)  # type: ignore[arg-type]
+
+
+def test_a_bundle_naming_another_model_is_refused_in_an_update_and_on_disk(
+    tmp_path: Path, device: Device, model: DeviceModel, signing: tuple[object, object]
+) -> None:
+    """A device keeps the model it was created with: another catalog's bundle, signed by the
+    same key and of the same dimension, is refused, as an update or put in the bundle file."""
+    private, public = signing
+    folder = tmp_path / "dev"
+    device.record("jazz", timestamp=5)
+    before = state_on_disk(folder)
+    other = bundle_blob(model, private, 2, name="another catalog")
+    with pytest.raises(BundleModelError, match="bundle is for model 'another catalog'"):
+        device.update_bundle(other)
+    assert state_on_disk(folder) == before
+    (folder / "items.bundle").write_bytes(other)
+    with pytest.raises(BundleModelError, match="created with 'test': the file was replaced"):
         Device.open(folder, KEY, model, public)  # type: ignore[arg-type]
 
 

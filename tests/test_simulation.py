@@ -240,7 +240,8 @@ def test_bundles_are_signed_and_track_the_item_tower(run: Run) -> None:
     bundles = [
         verify_bundle((out / "bundles" / f"items-{r}.bundle").read_bytes(), public) for r in (1, 2)
     ]
-    assert [b.version for b in bundles] == [1, 2]
+    assert [b.version for b in bundles] == [1, 2] and [b.round for b in bundles] == [1, 2]
+    assert {b.model for b in bundles} == {"fedrec-demo-384d"}  # what devices pin: no round
     world = load_world(settings.data, settings.devices)
     network = Recommender(settings.model)
     load_checkpoint(out, network)
