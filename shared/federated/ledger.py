@@ -8,6 +8,7 @@ always be recomputed from the ledger alone (``epsilon_of``), by anyone.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -88,6 +89,16 @@ def epsilon_of(accountant: Accountant, history: list[Mechanism], delta: float) -
     for s, q, n in history:
         key = (float(s), float(q))
         steps[key] = steps.get(key, 0) + int(n)
+    return _merged_epsilon(accountant, tuple(steps.items()), float(delta))
+
+
+@functools.lru_cache(maxsize=1024)
+def _merged_epsilon(
+    accountant: Accountant, merged: tuple[tuple[tuple[float, float], int], ...], delta: float
+) -> float:
+    """``epsilon_of`` a merged history, ((noise multiplier, sampling rate), steps) in order,
+    kept for the next device with the same history (under distributed DP, every device that
+    joined as many rounds) and for the same device's checks before and after its round."""
     counter = create_accountant(accountant)
-    counter.history = [(s, q, n) for (s, q), n in steps.items()]
+    counter.history = [(s, q, n) for (s, q), n in merged]
     return float(counter.get_epsilon(delta, **accountant_options(accountant)))
