@@ -118,6 +118,10 @@ class Device:
         self._text_features = _features_from_entries(
             store.entries(TEXT_FEATURES_LOG), model.encoder.dim
         )
+        meta = store.get_json("state_meta")
+        # the model of every bundle it takes: the first's, or any until a store created before
+        # devices recorded it saves the next one's
+        self._model_pin: str | None = bundle.model if meta is None else meta.get("model")
         self._use_bundle(bundle, index)
         self._state = self._restore()
 
@@ -350,8 +354,7 @@ class Device:
         If saving the interest state then fails, the error is raised with the new bundle
         installed, and the next ``open`` rebuilds the state from the history."""
         self._check_not_forgotten()
-        # the model the device was created with, pinned: another catalog's bundle is refused
-        accepted = accept_bundle(self._bundle, blob, self._public_key, model=self._bundle.model)
+        accepted = accept_bundle(self._bundle, blob, self._public_key, model=self._model_pin)
         bundle, index = _checked_bundle(accepted, self._model)
         offered = set(bundle.item_ids)
         missing = [  # clicked items, and items texts are about
@@ -364,6 +367,7 @@ class Device:
         self._store.check_writable()  # before the bundle file: a stale or forgotten device
         write_atomic(self._folder / BUNDLE_FILE, blob)
         self._use_bundle(bundle, index)
+        self._model_pin = bundle.model
         self._state = self._replay(self._model.network.users.start(), 0)
         self._save_state()
 

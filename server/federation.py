@@ -174,7 +174,7 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
         (out / BUDGETS).unlink(missing_ok=True)  # of a round 1 that did not finish
     spent = load_budgets(out)
     user_noises = recorded_user_noises(out)
-    noise = user_level_noise(settings, user_noises)
+    noise = user_level_noise(settings, user_noises, done)
     published, frozen = (ArrayRecord(s) for s in split_state(network, settings.local.trained))
     arrays = published if training is None else trained_part(training, published)
     if noise is not None:
@@ -182,7 +182,7 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
     validated = ValidatedStrategy(
         make_strategy(settings, noise),
         settings.update_norm_bound,
-        settings.min_update_share,
+        settings.usable_update_share,
         settings.local.max_examples,
         noise_shares=settings.noise_shares if settings.privacy.distributed else 0,
     )
@@ -435,19 +435,21 @@ def _mean_metric(replies: list[Message], name: str) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def user_level_noise(settings: FederationSettings, spent: list[float]) -> float | None:
-    """The server's noise multiplier for the rounds still to run under user-level DP (None
-    when off), planned around the noise multipliers ``spent`` of the rounds already run; a
-    ValueError when they leave no budget for more. A finished run keeps its last one."""
+def user_level_noise(settings: FederationSettings, spent: list[float], done: int) -> float | None:
+    """The server's noise multiplier for the rounds after the ``done`` the checkpoint holds
+    under user-level DP (None when off), planned around the noise multipliers ``spent`` of
+    every release so far (one more than ``done`` when a crash came between a round's metrics
+    line and its checkpoint: that round runs again); a ValueError when they leave no budget
+    for more. A finished run keeps its last one."""
     if not settings.user_privacy.enabled:
         return None
-    if spent and len(spent) >= settings.rounds:
+    if spent and done >= settings.rounds:
         return spent[-1]
     return plan_user_noise(
         settings.user_privacy,
         settings.devices,
         settings.sampled_devices,
-        settings.rounds - len(spent),
+        settings.rounds - done,
         tuple(spent),
     )
 

@@ -313,7 +313,8 @@ class ValidatedStrategy(ReferenceStrategy):
     """Delegates to ``inner``; a training reply whose arrays have the wrong names, shapes or
     dtypes, non-finite values, an update norm above ``max_update_norm``, or aggregation weights
     it cannot have (``weight_problem``: at most ``max_examples`` examples) is dropped with a
-    logged reason (and kept in ``dropped``) before ``inner`` sees it. A round in which fewer
+    logged reason (and kept in ``dropped``) before ``inner`` sees it, as is a failed reply;
+    a kept reply's arrays are put in the global weights' order. A round in which fewer
     than ``min_update_share`` of the replies are usable updates (the rest failed or were
     dropped) is not aggregated: the global model stays as it was. The aggregate keeps the
     global weights' dtypes (Flower's FedAdam computes in float64, and the next round's float32
@@ -338,19 +339,22 @@ class ValidatedStrategy(ReferenceStrategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        kept, usable = [], 0
+        kept = []
         for reply in replies:
-            problem = None if reply.has_error() else self.problem(reply)
+            if reply.has_error():  # counted in the round's report; nothing to aggregate
+                continue
+            problem = self.problem(reply)
             if problem is None:
-                kept.append(reply)
-                usable += not reply.has_error()
+                kept.append(_in_order(reply, self.reference))
                 continue
             node = reply.metadata.src_node_id
             logger.warning(
                 "round %d: dropped the update of node %d: %s", server_round, node, problem
             )
             self.dropped.append((server_round, node, problem))
-        shortfall = too_few_updates(usable, len(replies), self.min_update_share, self.noise_shares)
+        shortfall = too_few_updates(
+            len(kept), len(replies), self.min_update_share, self.noise_shares
+        )
         if shortfall is not None:
             logger.warning(
                 "round %d: the global model stays as it was: %s", server_round, shortfall
@@ -377,6 +381,15 @@ class ValidatedStrategy(ReferenceStrategy):
     def summary(self) -> None:
         logger.info("updates validated (max update norm %s), then:", self.max_update_norm)
         self.inner.summary()
+
+
+def _in_order(reply: Message, reference: Mapping[str, object]) -> Message:
+    """``reply`` with its arrays in the global weights' order: Flower's DP wrappers clip an
+    update array by array in order, so arrays sent in another order would escape clipping."""
+    arrays = reply.content.array_records["arrays"]
+    if list(arrays) != list(reference):
+        reply.content["arrays"] = ArrayRecord({name: arrays[name] for name in reference})
+    return reply
 
 
 class BudgetStrategy(WrappedStrategy):

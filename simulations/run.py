@@ -82,7 +82,7 @@ def simulate(settings: FederationSettings, cpus_per_device: int = 1) -> dict[str
     if 0 < done < settings.rounds:  # devices will train on from their stores
         _check_device_stores(out, world)
     # and when a resumed run has no user-level budget left
-    user_level_noise(settings, recorded_user_noises(out))
+    user_level_noise(settings, recorded_user_noises(out), done)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     _run_beside_devices(
         lambda: run_simulation(

@@ -395,6 +395,24 @@ def test_a_bundle_naming_another_model_is_refused_in_an_update_and_on_disk(
         Device.open(folder, KEY, model, public)  # type: ignore[arg-type]
 
 
+def test_a_store_made_before_devices_pinned_the_model_takes_the_next_one_and_pins_it(
+    tmp_path: Path, device: Device, model: DeviceModel, signing: tuple[object, object]
+) -> None:
+    """Before 2026-11-24 the server named each round's bundle with its round, and devices
+    recorded no model: such a device takes the next bundle whatever it names, then keeps to
+    that model."""
+    private, public = signing
+    folder = tmp_path / "dev"
+    device._store.put_json("state_meta", {"bundle": 1, "events": 0})  # as older devices saved
+    older = Device.open(folder, KEY, model, public)  # type: ignore[arg-type]
+    older.update_bundle(bundle_blob(model, private, 2, name="fedrec-demo-384d"))
+    with pytest.raises(BundleModelError, match="the device uses 'fedrec-demo-384d'"):
+        older.update_bundle(bundle_blob(model, private, 3, name="test"))
+    reopened = Device.open(folder, KEY, model, public)  # type: ignore[arg-type]
+    with pytest.raises(BundleModelError, match="the device uses 'fedrec-demo-384d'"):
+        reopened.update_bundle(bundle_blob(model, private, 3, name="test"))
+
+
 def test_a_signed_bundle_that_cannot_be_ranked_is_refused_and_changes_nothing(
     tmp_path: Path, device: Device, model: DeviceModel, signing: tuple[object, object]
 ) -> None:

@@ -201,8 +201,14 @@ def test_a_finished_user_level_run_keeps_its_last_noise() -> None:
     settings = FederationSettings(
         devices=50, rounds=3, user_privacy=UserPrivacyConfig(enabled=True)
     )
-    assert user_level_noise(settings, [2.5, 2.5, 2.0]) == 2.0  # resuming it costs no search
-    assert user_level_noise(settings, [2.5, 2.5]) != 2.5
+    assert user_level_noise(settings, [2.5, 2.5, 2.0], 3) == 2.0  # resuming it costs no search
+    assert user_level_noise(settings, [2.5, 2.5], 2) != 2.5
+    # a crash between round 3's metrics line and its checkpoint: round 3 runs again, planned
+    # around all three releases, and the four rounds still fit the budget
+    again = user_level_noise(settings, [2.5, 2.5, 2.5], 2)
+    assert again is not None and again > 2.5
+    epsilon = user_level_epsilon([2.5, 2.5, 2.5, again], 50, settings.sampled_devices, 1e-5)
+    assert epsilon <= settings.user_privacy.target_epsilon
 
 
 def test_user_noise_norm_is_the_norm_of_the_noise_flowers_wrapper_adds(

@@ -10,7 +10,7 @@ from typing import cast
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 from flwr.supercore.task_identity import TaskIdentity
@@ -20,6 +20,7 @@ from fedrec.server.strategy import (
     MomentumStrategy,
     SampledMeanStrategy,
     ScheduledStepStrategy,
+    ValidatedStrategy,
     WrappedStrategy,
     array_record,
     record_arrays,
@@ -149,34 +150,44 @@ def test_user_level_dp_divides_by_the_devices_sampled_whatever_arrives(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Flower's server-side clipping adds noise sigma C / m for m devices sampled; its inner
-    FedAvg would average over the k that reply, so with k < m one user would move the result
-    by C / k, more than the noise covers. fedrec divides the clipped sum by m."""
+    FedAvg would average over the k that reply, and the wrapper skips a round with a failed
+    reply, both a function of single devices. Through the server's own stack, a failed, a
+    dropped and a missing device count as zero updates: the clipped sum over m. A reply's
+    arrays in another order are put back in order before they are clipped."""
     for name in ("_task_id", "_run_id", "_node_id"):
         monkeypatch.setattr(TaskIdentity, name, 1)
     user = UserPrivacyConfig(enabled=True, clipping_norm=1.0)
     settings = FederationSettings(devices=8, fraction_train=0.5, user_privacy=user)
     assert settings.sampled_devices == 4 and settings.update_norm_bound == math.inf
-    strategy = make_strategy(settings, user_noise=1e-9)  # next to no noise: the sum shows
-    start = {"w": np.zeros(3, np.float32)}
+    assert settings.usable_update_share == 0.0
+    strategy = ValidatedStrategy(  # as run_federation builds it
+        make_strategy(settings, user_noise=1e-9),  # next to no noise: the sum shows
+        settings.update_norm_bound,
+        settings.usable_update_share,
+        max_examples=128,
+    )
+    start = {"w": np.zeros(3, np.float32), "b": np.zeros(2, np.float32)}
     grid = cast(Grid, Nodes(list(range(8))))
     requests = list(strategy.configure_train(1, array_record(start), ConfigRecord(), grid))
     assert len(requests) == 4
-    sent = [np.array([3.0, 0, 0], np.float32), np.array([0, 0.5, 0], np.float32)]
-    replies = [  # two of the four reply; the first update is clipped to norm 1
-        Message(
-            content=RecordDict(
-                {
-                    "arrays": array_record({"w": w}),
-                    "metrics": MetricRecord({"num-examples": 5, "device-weight": 1}),
-                }
-            ),
-            reply_to=request,
-        )
-        for w, request in zip(sent, requests, strict=False)
+    metrics = MetricRecord({"num-examples": 5, "device-weight": 1})
+    backwards = {"b": np.zeros(2, np.float32), "w": np.array([3.0, 0, 0], np.float32)}
+    nan = {"w": np.full(3, np.nan, np.float32), "b": np.zeros(2, np.float32)}
+
+    def update(arrays: dict[str, np.ndarray], request: Message) -> Message:
+        content = RecordDict({"arrays": array_record(arrays), "metrics": metrics})
+        return Message(content=content, reply_to=request)
+
+    replies = [  # clipped to norm 1; failed; NaN, dropped; the fourth never replies
+        update(backwards, requests[0]),
+        Message(error=Error(code=0, reason="the device went away"), reply_to=requests[1]),
+        update(nan, requests[2]),
     ]
     aggregated, _ = strategy.aggregate_train(1, replies)
     assert aggregated is not None
-    np.testing.assert_allclose(record_arrays(aggregated)["w"], [0.25, 0.125, 0], atol=1e-6)
+    got = record_arrays(aggregated)
+    np.testing.assert_allclose(got["w"], [0.25, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(got["b"], [0, 0], atol=1e-6)
     assert inner_strategy(strategy, SampledMeanStrategy) is not None
     with pytest.raises(ValueError, match="6 updates from 4 devices asked"):
-        SampledMeanStrategy(FedAvg(), 4).aggregate_train(1, replies * 3)
+        SampledMeanStrategy(FedAvg(), 4).aggregate_train(1, [replies[0]] * 6)

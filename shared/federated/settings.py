@@ -159,6 +159,14 @@ class FederationSettings:
         return self.max_update_norm
 
     @property
+    def usable_update_share(self) -> float:
+        """The least share of a round's replies that must be usable updates for the round to
+        be applied: ``min_update_share``, but none under user-level DP, where a device that
+        fails or is dropped counts as a zero update (``SampledMeanStrategy``) and a round
+        skipped because of single replies would show what they were."""
+        return 0.0 if self.user_privacy.enabled else self.min_update_share
+
+    @property
     def secret_sampling(self) -> bool:
         """Whether the server draws each round's devices from the operating system's randomness
         rather than the run's seed: under user-level DP, whose accounting amplifies by a
