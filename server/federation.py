@@ -84,6 +84,9 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 #: The epsilon each device last reported, by its partition id (for the privacy report).
 BUDGETS = "budgets.json"
+#: Under user-level DP, the noise multiplier of every round begun, written before the round
+#: sends anything: a round a crash cut short counts, and so does its run again.
+USER_NOISE = "user-noise.json"
 
 
 @dataclass(frozen=True)
@@ -208,8 +211,9 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
             )
             break
         tic = time.perf_counter()
-        if noise is not None:
+        if noise is not None:  # recorded before anything of the round leaves the server
             user_noises.append(noise)
+            write_json(out / USER_NOISE, user_noises)
         messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
         replies = list(grid.send_and_receive(messages, timeout=3600)) if messages else []
         dropped_before, refused_before = len(validated.dropped), len(strategy.refused)
@@ -259,10 +263,6 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
                 owner = device if isinstance(device, int) else reply.metadata.src_node_id
                 spent[str(owner)] = float(epsilon)
         write_json(out / BUDGETS, spent, indent=1)
-        # the round's line (its user-level noise) before its checkpoint: a crash between the
-        # two repeats the round, and both releases are counted
-        with (out / METRICS).open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(report.__dict__) + "\n")
         save_checkpoint(
             out,
             network,
@@ -271,6 +271,8 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
             server_round,
             None if momentum is None else momentum.velocity,
         )
+        with (out / METRICS).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(report.__dict__) + "\n")
         logger.info("round %d: %s", server_round, _brief(report))
         result = {
             **evaluation.to_json(),
@@ -491,9 +493,20 @@ def read_metrics(out: Path) -> list[dict[str, Any]]:
 
 
 def recorded_user_noises(out: Path) -> list[float]:
-    """The user-level noise multiplier of every round in the run folder's ``metrics.jsonl``."""
-    lines = read_metrics(out)
-    return [line["user_noise"] for line in lines if line["user_noise"] is not None]
+    """The user-level noise multiplier of every round the run in ``out`` began, from
+    ``user-noise.json`` (from ``metrics.jsonl`` in a run from before it); a ValueError naming
+    the file when it is not such a list."""
+    path = out / USER_NOISE
+    if not path.exists():
+        lines = read_metrics(out)
+        return [line["user_noise"] for line in lines if line["user_noise"] is not None]
+    noises = read_json(path)
+    if not isinstance(noises, list):
+        raise ValueError(f"{path}: not a list of noise multipliers, got {type(noises).__name__}")
+    checked = [json_number(noise, f"{path} round {i + 1}") for i, noise in enumerate(noises)]
+    if any(noise <= 0 for noise in checked):
+        raise ValueError(f"{path}: noise multipliers must be positive")
+    return checked
 
 
 def _epsilons(replies: list[Message]) -> dict[str, float] | None:

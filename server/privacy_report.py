@@ -27,10 +27,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from fedrec.server.federation import BUDGETS, METRICS, SUMMARY, load_budgets, read_metrics
+from fedrec.server.federation import (
+    BUDGETS,
+    METRICS,
+    SUMMARY,
+    load_budgets,
+    read_metrics,
+    recorded_user_noises,
+)
 from fedrec.shared.federated.distributed import plan_step, share_noise_multiplier
 from fedrec.shared.federated.ledger import epsilon_of
 from fedrec.shared.federated.settings import FederationSettings
+from fedrec.shared.federated.user_level import user_level_epsilon
 from fedrec.shared.files import json_number, json_object, read_json, write_json
 
 #: An audit's figures in a run folder (``fedrec.simulations.audit`` writes them).
@@ -107,10 +115,13 @@ def read_run(folder: Path) -> RunPrivacy:
         }
     user = None
     if settings.user_privacy.enabled:
+        noises = recorded_user_noises(folder)
         user = {
-            "epsilon": lines[-1]["user_epsilon"],
+            "epsilon": user_level_epsilon(
+                noises, settings.devices, settings.sampled_devices, settings.user_privacy.delta
+            ),
             "delta": settings.user_privacy.delta,
-            "noise_multipliers": [line["user_noise"] for line in lines],
+            "noise_multipliers": noises,
             "clipping_norm": settings.user_privacy.clipping_norm,
             "devices": settings.devices,
             "sampled_per_round": settings.sampled_devices,

@@ -34,7 +34,12 @@ from fedrec.server.checkpoint import (
     load_checkpoint,
     resume,
 )
-from fedrec.server.federation import inner_strategy, make_strategy
+from fedrec.server.federation import (
+    USER_NOISE,
+    inner_strategy,
+    make_strategy,
+    recorded_user_noises,
+)
 from fedrec.server.privacy_report import PLOTS, privacy_report
 from fedrec.server.strategy import seeded_sample
 from fedrec.shared.bundle import load_private_key, verify_bundle
@@ -89,6 +94,24 @@ class Capture:
         return reply
 
 
+class NoisesRecorded:
+    """A client mod that notes, as each training request arrives, how many user-level noise
+    multipliers the server has recorded (``user-noise.json``)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        if msg.metadata.message_type == "train":
+            server_round = int(msg.content.config_records["config"]["server-round"])
+            partition = int(context.node_config["partition-id"])
+            recorded = len(json.loads((self.out / USER_NOISE).read_text()))
+            folder = self.out / "noises-recorded"
+            folder.mkdir(exist_ok=True)
+            (folder / f"{partition}-round{server_round}").write_text(str(recorded))
+        return call_next(msg, context)
+
+
 def small_federation(out: Path, **overrides: Any) -> FederationSettings:
     """A federation of ``DEVICES`` devices on the demo data with a tiny network that trains
     ``TRAINED``, writing to ``out``; ``overrides`` set the rest."""
@@ -109,7 +132,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
         out, rounds=2, user_privacy=UserPrivacyConfig(enabled=True), evaluate_outside_dp=True
     )
     with pytest.MonkeyPatch.context() as patch:
-        wrap_devices(patch, Capture(out / "captured"), RecordPriority(out / "priorities"))
+        mods = Capture(out / "captured"), RecordPriority(out / "priorities"), NoisesRecorded(out)
+        wrap_devices(patch, *mods)
         summary = simulation_run.simulate(settings)
     return settings, summary, out
 
@@ -369,6 +393,27 @@ def test_devices_evaluate_the_global_model_as_the_harness_does(run: Run) -> None
     for name in reported:
         assert reported[name] == pytest.approx(expected[name], abs=1e-12), name
     assert reported["mrr"] > 0
+
+
+def test_each_rounds_user_level_noise_is_recorded_before_the_round_sends_anything(
+    run: Run,
+) -> None:
+    """A crash after a round's weights left the server must not lose its noise: the server
+    records it before its first request, and resuming plans around every round begun."""
+    _, _, out = run
+    seen = {path.name: int(path.read_text()) for path in (out / "noises-recorded").iterdir()}
+    assert seen and all(count == int(name.split("round")[1]) for name, count in seen.items())
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    noises = json.loads((out / USER_NOISE).read_text())
+    assert noises == [line["user_noise"] for line in lines] == recorded_user_noises(out)
+    copy = Path(str(out) + "-crashed")
+    shutil.copytree(out, copy)
+    (copy / USER_NOISE).write_text(json.dumps([*noises, noises[-1]]))  # round 3 cut short
+    assert recorded_user_noises(copy) == [*noises, noises[-1]]
+    (copy / USER_NOISE).write_text('{"round": 1}')
+    with pytest.raises(ValueError, match=r"user-noise\.json: not a list of noise multipliers"):
+        recorded_user_noises(copy)
+    shutil.rmtree(copy)
 
 
 def test_the_privacy_report_matches_an_independent_computation(run: Run) -> None:
