@@ -223,9 +223,10 @@ def server_step(schedule: str, server_round: int, rounds: int) -> float:
 class SampledMeanStrategy(ReferenceStrategy):
     """Delegates to ``inner`` (an unweighted mean of the updates that arrive) and divides their
     sum by the ``sampled`` devices asked instead of by those that replied: a device that drops
-    out, refuses, is withheld or is dropped counts as a zero update. So one device moves the
-    result by at most C / ``sampled`` for updates clipped to C, whatever else happens in the
-    round, as user-level DP's noise (sigma C / ``sampled``) assumes."""
+    out, refuses, is withheld or is dropped counts as a zero update, and a round without any
+    update is a zero sum that the noise is still added to. So one device moves the result by
+    at most C / ``sampled`` for updates clipped to C, whatever else happens in the round, as
+    user-level DP's noise (sigma C / ``sampled``) assumes."""
 
     def __init__(self, inner: Strategy, sampled: int) -> None:
         super().__init__(inner)
@@ -239,6 +240,8 @@ class SampledMeanStrategy(ReferenceStrategy):
             raise ValueError(
                 f"round {server_round}: {len(replies)} updates from {self.sampled} devices asked"
             )
+        if not replies:  # every device failed or was left out: a zero sum, noised all the same
+            return array_record(self.reference), MetricRecord()
         aggregated, metrics = self.inner.aggregate_train(server_round, replies)
         if aggregated is None:
             return None, metrics

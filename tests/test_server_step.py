@@ -12,7 +12,11 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAvg,
+    Strategy,
+)
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedrec.server.federation import inner_strategy, make_strategy
@@ -189,5 +193,14 @@ def test_user_level_dp_divides_by_the_devices_sampled_whatever_arrives(
     np.testing.assert_allclose(got["w"], [0.25, 0, 0], atol=1e-6)
     np.testing.assert_allclose(got["b"], [0, 0], atol=1e-6)
     assert inner_strategy(strategy, SampledMeanStrategy) is not None
+    # a round in which no update is usable releases the noise alone, not the old weights
+    strategy.configure_train(2, array_record(start), ConfigRecord(), grid)
+    loud = inner_strategy(strategy, DifferentialPrivacyServerSideFixedClipping)
+    assert loud is not None
+    loud.noise_multiplier = 1.0
+    noised, _ = strategy.aggregate_train(2, replies[1:])  # failed; NaN
+    assert noised is not None
+    moved = record_arrays(noised)
+    assert all(np.all(moved[name] != 0) for name in start)  # sigma C / m on every coordinate
     with pytest.raises(ValueError, match="6 updates from 4 devices asked"):
         SampledMeanStrategy(FedAvg(), 4).aggregate_train(1, [replies[0]] * 6)
