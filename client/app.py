@@ -207,31 +207,29 @@ def _train(
             settings.noise_shares,
             seed=seed,
         )
-        mechanism = (plan.noise_multiplier, plan.sample_rate, plan.steps)
-        history = [*ledger.history(privacy.accountant), mechanism]
-        epsilon = epsilon_of(privacy.accountant, history, privacy.delta)
-        return share.num_examples, share.loss, epsilon, plan
-    result = train_local(
-        network,
-        world.features.table,
-        world.split.num_items,
-        examples,
-        settings.local,
-        privacy,
-        plan=plan,
-        accountant_state=ledger.accountant_state(privacy.accountant),
-        seed=seed,
-    )
-    recorded = RoundPlan(plan.batch_size, result.sample_rate, result.steps, result.noise_multiplier)
-    if result.noise_multiplier is None:
-        return result.num_examples, result.loss, None, recorded
-    # from the ledger and the steps that ran, not Opacus' running figure: its loader runs
-    # int(1 / q) steps an epoch (one fewer than planned for some batch counts) and its
-    # accountant takes the sampling rate from that count, a little above the one used
-    ran = (result.noise_multiplier, result.sample_rate, result.steps)
-    history = [*ledger.history(privacy.accountant), ran]
-    spent = epsilon_of(privacy.accountant, history, privacy.delta)
-    return result.num_examples, result.loss, spent, recorded
+        count, loss, ran = share.num_examples, share.loss, plan
+    else:
+        # the round's own accounting is the ledger's below, not Opacus' running figure: its
+        # loader runs int(1 / q) steps an epoch (one fewer than planned for some batch counts)
+        # and its accountant takes the sampling rate from that count, a little above the one
+        # used; so Opacus is not given the device's history
+        result = train_local(
+            network,
+            world.features.table,
+            world.split.num_items,
+            examples,
+            settings.local,
+            privacy,
+            plan=plan,
+            seed=seed,
+        )
+        count, loss = result.num_examples, result.loss
+        ran = RoundPlan(plan.batch_size, result.sample_rate, result.steps, result.noise_multiplier)
+    if ran.noise_multiplier is None:
+        return count, loss, None, ran
+    mechanism = (ran.noise_multiplier, ran.sample_rate, ran.steps)
+    history = [*ledger.history(privacy.accountant), mechanism]
+    return count, loss, epsilon_of(privacy.accountant, history, privacy.delta), ran
 
 
 def _ledger(store: EncryptedStore) -> PrivacyLedger:

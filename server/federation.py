@@ -252,7 +252,7 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
             devices_evaluated=len(_ok(answers)),
             epsilon=_epsilons(replies),
             user_noise=noise,
-            user_epsilon=None if noise is None else _user_epsilon(settings, user_noises),
+            user_epsilon=None if noise is None else user_epsilon(settings, user_noises),
             bytes_up=sum(_nbytes(r.content.array_records.get("arrays")) for r in _ok(replies)),
             bytes_down=(_nbytes(arrays) + _nbytes(frozen)) * len(messages),
         )
@@ -478,7 +478,7 @@ def _log_user_noise(noise: float, parameters: int, settings: FederationSettings)
     )
 
 
-def _user_epsilon(settings: FederationSettings, noises: list[float]) -> float:
+def user_epsilon(settings: FederationSettings, noises: list[float]) -> float:
     """User-level epsilon after rounds with these noise multipliers."""
     return user_level_epsilon(
         noises, settings.devices, settings.sampled_devices, settings.user_privacy.delta

@@ -34,11 +34,11 @@ from fedrec.server.federation import (
     load_budgets,
     read_metrics,
     recorded_user_noises,
+    user_epsilon,
 )
 from fedrec.shared.federated.distributed import plan_step, share_noise_multiplier
 from fedrec.shared.federated.ledger import epsilon_of
 from fedrec.shared.federated.settings import FederationSettings
-from fedrec.shared.federated.user_level import user_level_epsilon
 from fedrec.shared.files import json_number, json_object, read_json, write_json
 
 #: An audit's figures in a run folder (``fedrec.simulations.audit`` writes them).
@@ -117,9 +117,7 @@ def read_run(folder: Path) -> RunPrivacy:
     if settings.user_privacy.enabled:
         noises = recorded_user_noises(folder)
         user = {
-            "epsilon": user_level_epsilon(
-                noises, settings.devices, settings.sampled_devices, settings.user_privacy.delta
-            ),
+            "epsilon": user_epsilon(settings, noises),
             "delta": settings.user_privacy.delta,
             "noise_multipliers": noises,
             "clipping_norm": settings.user_privacy.clipping_norm,

@@ -211,6 +211,16 @@ class ReferenceStrategy(WrappedStrategy):
         self.reference = record_arrays(arrays)
         return self.inner.configure_train(server_round, arrays, config, grid)
 
+    def toward(self, target: ArrayRecord, share: float) -> ArrayRecord:
+        """The reference weights moved ``share`` of the way to ``target`` (in float64, kept in
+        the reference's dtypes)."""
+        new = record_arrays(target)
+        moved = {}
+        for name, old in self.reference.items():
+            start = old.astype(np.float64)
+            moved[name] = (start + share * (new[name].astype(np.float64) - start)).astype(old.dtype)
+        return array_record(moved)
+
 
 def server_step(schedule: str, server_round: int, rounds: int) -> float:
     """The share of the aggregate's step the server takes in ``server_round`` (from 1) of
@@ -245,14 +255,7 @@ class SampledMeanStrategy(ReferenceStrategy):
         aggregated, metrics = self.inner.aggregate_train(server_round, replies)
         if aggregated is None:
             return None, metrics
-        share, mean = len(replies) / self.sampled, record_arrays(aggregated)
-        summed = {}
-        for name, old in self.reference.items():
-            start = old.astype(np.float64)
-            summed[name] = (start + share * (mean[name].astype(np.float64) - start)).astype(
-                old.dtype
-            )
-        return array_record(summed), metrics
+        return self.toward(aggregated, len(replies) / self.sampled), metrics
 
 
 class ScheduledStepStrategy(ReferenceStrategy):
@@ -273,12 +276,7 @@ class ScheduledStepStrategy(ReferenceStrategy):
         step = server_step(self.schedule, server_round, self.rounds)
         if aggregated is None or step == 1:
             return aggregated, metrics
-        new = record_arrays(aggregated)
-        moved = {}
-        for name, old in self.reference.items():
-            start = old.astype(np.float64)
-            moved[name] = (start + step * (new[name].astype(np.float64) - start)).astype(old.dtype)
-        return array_record(moved), metrics
+        return self.toward(aggregated, step), metrics
 
 
 class MomentumStrategy(ReferenceStrategy):
