@@ -55,6 +55,10 @@ _NONCE_BYTES = 12
 _TAG_BYTES = 16
 _ID_BYTES = 16
 _SALT_BYTES = 16
+#: The least scrypt ``n`` a new passphrase store is created with (at ``r`` 8: 16 MiB and tens
+#: of milliseconds a guess, the cost ``cryptography`` recommends for interactive logins); a
+#: store created with less before this floor still opens.
+MIN_SCRYPT_N = 2**14
 _TMP_PREFIX = f".{STORE_FILE}."
 _TMP_SUFFIX = ".tmp"
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,127}")
@@ -211,10 +215,18 @@ class EncryptedStore:
         create: bool = False,
         params: ScryptParams | None = None,
     ) -> EncryptedStore:
-        """Open (or create) a store whose key scrypt derives from ``passphrase``."""
+        """Open (or create) a store whose key scrypt derives from ``passphrase``; a new one
+        refuses ``params`` cheaper than ``MIN_SCRYPT_N`` at ``r`` 8."""
         path = Path(path)
         if create:
-            kdf = _Passphrase(os.urandom(_SALT_BYTES), params or ScryptParams())
+            params = params or ScryptParams()
+            if params.n * params.r < MIN_SCRYPT_N * 8:
+                raise ValueError(
+                    f"scrypt n={params.n}, r={params.r} is too cheap to guess passphrases "
+                    f"against: a new store needs n * r >= {MIN_SCRYPT_N * 8} (n={MIN_SCRYPT_N} "
+                    "at r=8)"
+                )
+            kdf = _Passphrase(os.urandom(_SALT_BYTES), params)
         else:
             file = path / STORE_FILE
             found = _parse_prefix(_read(file), file)[0].passphrase

@@ -87,6 +87,9 @@ BUDGETS = "budgets.json"
 #: Under user-level DP, the noise multiplier of every round begun, written before the round
 #: sends anything: a round a crash cut short counts, and so does its run again.
 USER_NOISE = "user-noise.json"
+#: The devices out of record-level budget (partition ids), with the budget and the rounds each
+#: device planned for: a restarted server withholds rounds from them while both stay the same.
+OUT_OF_BUDGET = "out-of-budget.json"
 
 
 @dataclass(frozen=True)
@@ -173,8 +176,9 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
     if done:
         logger.info("resuming after round %d from %s", done, out / CHECKPOINT)
     first = done + 1
-    if first == 1:
-        (out / BUDGETS).unlink(missing_ok=True)  # of a round 1 that did not finish
+    if first == 1:  # of a round 1 that did not finish
+        (out / BUDGETS).unlink(missing_ok=True)
+        (out / OUT_OF_BUDGET).unlink(missing_ok=True)
     spent = load_budgets(out)
     user_noises = recorded_user_noises(out)
     noise = user_level_noise(settings, user_noises, done)
@@ -201,7 +205,10 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
             "devices do not evaluate under DP: their metrics would leave them without noise "
             "(evaluate-outside-dp = true asks them anyway)"
         )
-    strategy = BudgetStrategy(FrozenPartsStrategy(sampling_strategy(settings, validated), frozen))
+    sampling = sampling_strategy(settings, validated)
+    strategy = BudgetStrategy(
+        FrozenPartsStrategy(sampling, frozen), sampling.partitions, out_of_budget(out, settings)
+    )
     key = _signing_key(out)
     result: dict[str, Any] = {}
     for server_round in range(first, settings.rounds + 1):
@@ -263,6 +270,8 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
                 owner = device if isinstance(device, int) else reply.metadata.src_node_id
                 spent[str(owner)] = float(epsilon)
         write_json(out / BUDGETS, spent, indent=1)
+        exhausted = {**_budget_plan(settings), "devices": sorted(strategy.exhausted)}
+        write_json(out / OUT_OF_BUDGET, exhausted)
         save_checkpoint(
             out,
             network,
@@ -375,7 +384,9 @@ def check_run_folder(out: Path, settings: FederationSettings) -> int:
     """The rounds the run in ``out`` has done; a ValueError, before anything runs, when ``out``
     cannot hold the run ``settings`` describe: a file; the files of an earlier run without its
     checkpoint (starting over would overwrite them); a checkpoint that ``check_resumable``
-    refuses; a damaged ``budgets.json``."""
+    refuses; a damaged ``budgets.json`` or ``out-of-budget.json``; a user-level run begun
+    before its rounds' noise was recorded in ``user-noise.json``, whose devices were drawn
+    from the public seed, which the user-level accounting of a resumed run does not cover."""
     check_output_folder(out, "the run folder")
     if not (out / CHECKPOINT).exists():
         earlier = [name for name in (METRICS, SUMMARY) if (out / name).exists()]
@@ -386,6 +397,14 @@ def check_run_folder(out: Path, settings: FederationSettings) -> int:
                 "restore the checkpoint, or start the run in another folder"
             )
     done = check_resumable(out, settings)
+    out_of_budget(out, settings)
+    if done and settings.user_privacy.enabled and not (out / USER_NOISE).exists():
+        raise ValueError(
+            f"{out} holds a user-level DP run begun by an older fedrec (it has no "
+            f"{USER_NOISE}): its devices were drawn from the run seed, which anyone with it "
+            "can replay, so its user-level epsilon does not hold; start the run in another "
+            "folder"
+        )
     load_budgets(out)
     return done
 
@@ -406,6 +425,32 @@ def load_budgets(out: Path) -> dict[str, float]:
     if negative:
         raise ValueError(f"{path}: devices {negative} have spent a negative epsilon")
     return spent
+
+
+def _budget_plan(settings: FederationSettings) -> dict[str, float | int]:
+    """What decides whether a device can afford another round, beside its ledger."""
+    return {"budget": settings.privacy.target_epsilon, "planned": settings.planned_participations}
+
+
+def out_of_budget(out: Path, settings: FederationSettings) -> set[int]:
+    """The devices the run in ``out`` found out of its record-level budget (``OUT_OF_BUDGET``);
+    none when there is no record or when the run now has another budget or plans devices for
+    other rounds (``rounds``, ``participation-margin``): the devices are then asked again, and
+    refuse what they cannot afford. A ValueError names a damaged file."""
+    path = out / OUT_OF_BUDGET
+    if not path.exists():
+        return set()
+    record = json_object(read_json(path), f"{path} (budget, planned rounds and devices)")
+    devices = record.get("devices")
+    if not isinstance(devices, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and 0 <= d < settings.devices
+        for d in devices
+    ):
+        raise ValueError(f"{path}: devices must be a list of partition ids, got {devices!r}")
+    for key in ("budget", "planned"):
+        json_number(record.get(key), f"{path} {key}")
+    same = all(record[key] == value for key, value in _budget_plan(settings).items())
+    return set(devices) if same else set()
 
 
 def _scalars(record: MetricRecord | None) -> dict[str, float] | None:

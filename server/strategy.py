@@ -397,21 +397,28 @@ class BudgetStrategy(WrappedStrategy):
     """Delegates to ``inner`` and keeps devices that have spent their privacy budget out.
 
     A device says in its training reply whether it can afford another round
-    (``budget-exhausted``); from then on its training requests are withheld. A device that
+    (``budget-exhausted``) and which device it is (``device``, its partition id); from then on
+    its training requests are withheld. ``exhausted`` holds those partition ids (a restarted
+    server starts from the set it saved), ``partitions`` the node id of each device the
+    sampling knows (``SeededSamplingStrategy.partitions``, filled as it samples). A device that
     refuses a round (``budget-refused``, a reply without arrays) is left out of the
-    aggregation and remembered in ``refused``. The set lives in memory: after a restart the
-    devices say it again, by refusing."""
+    aggregation and remembered in ``refused``."""
 
-    def __init__(self, inner: Strategy) -> None:
+    def __init__(
+        self, inner: Strategy, partitions: Mapping[int, int], exhausted: Iterable[int] = ()
+    ) -> None:
         super().__init__(inner)
-        self.exhausted: set[int] = set()
+        self.partitions = partitions
+        self.exhausted: set[int] = set(exhausted)
         self.refused: list[tuple[int, int]] = []  # (round, node)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         messages = super().configure_train(server_round, arrays, config, grid)
-        return [m for m in messages if m.metadata.dst_node_id not in self.exhausted]
+        return [
+            m for m in messages if self.partitions.get(m.metadata.dst_node_id) not in self.exhausted
+        ]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -420,8 +427,10 @@ class BudgetStrategy(WrappedStrategy):
         for reply in replies:
             metrics = None if reply.has_error() else reply.content.metric_records.get("metrics")
             node = reply.metadata.src_node_id
-            if metrics is not None and metrics.get("budget-exhausted") == 1:
-                self.exhausted.add(node)
+            device = None if metrics is None else metrics.get("device")
+            exhausted = metrics is not None and metrics.get("budget-exhausted") == 1
+            if exhausted and isinstance(device, int):  # every fedrec device says which it is
+                self.exhausted.add(device)
             if metrics is not None and metrics.get("budget-refused") == 1:
                 logger.info(
                     "round %d: node %d refused: its privacy budget is spent", server_round, node

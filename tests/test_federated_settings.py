@@ -18,6 +18,7 @@ from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 from fedrec.server.checkpoint import save_checkpoint
 from fedrec.server.federation import (
     ROUND_FIELDS,
+    USER_NOISE,
     _log_user_noise,
     make_strategy,
     user_level_noise,
@@ -146,6 +147,7 @@ def test_a_resumed_run_without_user_level_budget_fails_before_it_starts(tmp_path
     # two rounds already run with little noise: their epsilon is far above 8
     lines = [{**dict.fromkeys(ROUND_FIELDS), "round": r, "user_noise": 0.5} for r in (1, 2)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (tmp_path / USER_NOISE).write_text(json.dumps([0.5, 0.5]))
     save_checkpoint(tmp_path, initial_network(settings.model, settings.seed), None, None, 2)
     ensure_secret(tmp_path)
     with pytest.raises(ValueError, match=r"the 2 rounds already run leave no user-level budget"):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,7 +23,12 @@ from fedrec.shared.model.network import (
     split_state,
     trained_names,
 )
-from fedrec.shared.model.training import Features, TrainConfig, train_central
+from fedrec.shared.model.training import (
+    Features,
+    NetworkRecommender,
+    TrainConfig,
+    train_central,
+)
 
 SMALL = ModelConfig(feature_dim=12, item_dim=12, hidden_dim=8, pool_window=3, start_events=2)
 
@@ -186,6 +193,31 @@ def test_an_examples_gradient_does_not_depend_on_its_batch() -> None:
     assert with_a.keys() == with_b.keys() == {n for n, _ in model.named_parameters()}
     for name in with_a:
         torch.testing.assert_close(with_a[name], with_b[name], msg=name)
+
+
+def test_a_users_scores_do_not_depend_on_the_users_batched_with_them() -> None:
+    """The harness scorer batches users of like history lengths together, out of the order it
+    is asked in; every row is still the scores of the user asked for, as scored alone."""
+    rng = np.random.default_rng(0)
+    num_users, num_items = 70, 9  # more users than one batch, histories of 1 to 59 events
+    lengths = rng.integers(1, 60, num_users)
+    users = np.repeat(np.arange(num_users), lengths)
+    times = np.concatenate([np.arange(k) for k in lengths])
+    events = Interactions(
+        users, rng.integers(0, num_items, len(users)), times, np.full(len(users), np.nan)
+    )
+    seq = build_sequences(num_users, num_items, events, UserTexts.empty())
+    features = Features(F.normalize(torch.randn(num_items, 12), dim=-1), num_items)
+    scorer = NetworkRecommender(trained_like())
+    split: Any = SimpleNamespace(users=rng.permutation(num_users), num_items=num_items)
+    scorer.use(split, seq, features)
+    positions = rng.permutation(num_users)
+    scores = scorer.score(positions)
+    assert scores.shape == (num_users, num_items)
+    for row, position in zip(scores, positions, strict=True):
+        alone = scorer.score(np.array([position]))[0]
+        np.testing.assert_allclose(row, alone, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(scores[0], scores[1])  # the users' scores differ
 
 
 def test_sequences_merge_items_and_texts_in_time_order() -> None:

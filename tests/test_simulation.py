@@ -35,7 +35,9 @@ from fedrec.server.checkpoint import (
     resume,
 )
 from fedrec.server.federation import (
+    OUT_OF_BUDGET,
     USER_NOISE,
+    check_run_folder,
     inner_strategy,
     make_strategy,
     recorded_user_noises,
@@ -368,13 +370,23 @@ def test_distributed_rounds_are_applied_and_the_servers_momentum_is_resumed(
     assert [line["round"] for line in lines] == [1, 2, 3] and lines[-1]["applied"]
     with pytest.raises(ValueError, match="server optimiser state"):
         checked_moments(moments, {"m", "v"}, set(trained))
-    # on its own budget, devices 1 and 2 have spent it and refuse round 3: device 0's update
-    # alone is fewer than the 2 noise shares a step needs, so the round is not applied
-    short = tmp_path / "short"
-    shutil.copytree(out, short)
-    simulation_run.simulate(dataclasses.replace(settings, out=str(short), rounds=3))
-    last = json.loads((short / "metrics.jsonl").read_text().splitlines()[-1])
-    assert (last["round"], last["refused"], last["applied"]) == (3, 2, False)
+    # on its own budget, which devices 1 and 2 have spent: device 0's update alone is fewer
+    # than the 2 noise shares a step needs, so round 3 is not applied. A server restarted in a
+    # run planned for 3 rounds (the saved set's plan) withholds the round from them; without
+    # the saved set, they are asked again and refuse
+    for forgot in (False, True):
+        short = tmp_path / f"short-{forgot}"
+        shutil.copytree(out, short)
+        saved = json.loads((short / OUT_OF_BUDGET).read_text())
+        assert saved["devices"] == [1, 2]
+        (short / OUT_OF_BUDGET).write_text(json.dumps({**saved, "planned": 3}))
+        if forgot:
+            (short / OUT_OF_BUDGET).unlink()
+        simulation_run.simulate(dataclasses.replace(settings, out=str(short), rounds=3))
+        last = json.loads((short / "metrics.jsonl").read_text().splitlines()[-1])
+        asked, refused = (DEVICES, 2) if forgot else (1, 0)
+        assert (last["round"], last["devices"], last["refused"]) == (3, asked, refused)
+        assert (last["applied"], last["out_of_budget"]) == (False, DEVICES)  # device 0 now too
 
 
 def test_devices_evaluate_the_global_model_as_the_harness_does(run: Run) -> None:
@@ -400,7 +412,7 @@ def test_each_rounds_user_level_noise_is_recorded_before_the_round_sends_anythin
 ) -> None:
     """A crash after a round's weights left the server must not lose its noise: the server
     records it before its first request, and resuming plans around every round begun."""
-    _, _, out = run
+    settings, _, out = run
     seen = {path.name: int(path.read_text()) for path in (out / "noises-recorded").iterdir()}
     assert seen and all(count == int(name.split("round")[1]) for name, count in seen.items())
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -413,6 +425,12 @@ def test_each_rounds_user_level_noise_is_recorded_before_the_round_sends_anythin
     (copy / USER_NOISE).write_text('{"round": 1}')
     with pytest.raises(ValueError, match=r"user-noise\.json: not a list of noise multipliers"):
         recorded_user_noises(copy)
+    (copy / USER_NOISE).write_text(json.dumps(noises))
+    assert check_run_folder(copy, settings) == len(lines)
+    # a run begun before user-noise.json drew its devices from the public seed: not resumed
+    (copy / USER_NOISE).unlink()
+    with pytest.raises(ValueError, match=r"user-level DP run begun by an older fedrec"):
+        check_run_folder(copy, settings)
     shutil.rmtree(copy)
 
 
@@ -469,10 +487,13 @@ def test_the_privacy_report_matches_an_independent_computation(run: Run) -> None
 
 def test_a_restarted_server_resumes_and_devices_out_of_budget_refuse(run: Run) -> None:
     """Run to 4 rounds: devices 1 and 2 spent their budget in rounds 1-2 (planned for 2), so
-    they refuse round 3 and the server withholds round 4 from them; device 0 trains on."""
+    they refuse round 3 (devices now plan for 4 rounds, so the server asks them again) and the
+    server withholds round 4 from them; device 0 trains on."""
     settings, _, out = run
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert lines[1]["out_of_budget"] == 2  # devices 1 and 2 said so in round 2
+    saved = json.loads((out / OUT_OF_BUDGET).read_text())
+    assert saved == {"budget": settings.privacy.target_epsilon, "planned": 2, "devices": [1, 2]}
     # the operator extends the user-level budget, which the first 2 rounds spent
     extended = UserPrivacyConfig(enabled=True, target_epsilon=16.0)
     longer = dataclasses.replace(settings, rounds=4, user_privacy=extended)
@@ -481,7 +502,7 @@ def test_a_restarted_server_resumes_and_devices_out_of_budget_refuse(run: Run) -
     assert lines[1]["user_epsilon"] <= 8.0 < lines[3]["user_epsilon"] <= 16.0
     assert [line["round"] for line in lines] == [1, 2, 3, 4]
     assert lines[2]["failed"] == 0 and lines[2]["dropped"] == 0
-    assert (lines[2]["devices"], lines[2]["refused"]) == (DEVICES, 2)  # a new server asks all
+    assert (lines[2]["devices"], lines[2]["refused"]) == (DEVICES, 2)  # under a new plan
     assert (lines[3]["devices"], lines[3]["refused"]) == (1, 0)  # and then only device 0
     assert lines[3]["out_of_budget"] == DEVICES  # device 0 too, after round 4
     world = load_world(settings.data, settings.devices)
@@ -713,6 +734,12 @@ def test_a_run_folder_the_run_cannot_go_on_from_is_refused_before_anything_runs(
         "budgets-not-an-object": (
             lambda f: (f / "budgets.json").write_text("[]\n"),
             r"budgets.json \(device ids to the epsilon spent\) must be a JSON object",
+        ),
+        "out-of-budget-not-partitions": (
+            lambda f: (f / OUT_OF_BUDGET).write_text(
+                '{"budget": 8, "planned": 2, "devices": [1, 99]}'
+            ),
+            r"out-of-budget.json: devices must be a list of partition ids, got \[1, 99\]",
         ),
         "lost-store": (
             lambda f: _store_of_device_0(f).unlink(),

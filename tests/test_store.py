@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedrec.client import store as store_module
 from fedrec.client.store import (
     JOURNAL_FILE,
+    MIN_SCRYPT_N,
     STORE_FILE,
     EncryptedStore,
     ScryptParams,
@@ -24,7 +26,7 @@ from fedrec.client.store import (
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
-FAST = ScryptParams(n=2**10, r=8, p=1)
+FAST = ScryptParams(n=2**10, r=8, p=1)  # cheaper than a new store may be: for derivations
 DIARY = "Quokka-7731: my private note about the dentist and the blue umbrella"
 
 
@@ -112,7 +114,8 @@ def test_wrong_key_is_a_clear_error_and_changes_nothing(store: EncryptedStore) -
 
 def test_passphrase_store(tmp_path: Path) -> None:
     path = tmp_path / "p"
-    created = EncryptedStore.with_passphrase(path, "correct horse", create=True, params=FAST)
+    least = ScryptParams(n=MIN_SCRYPT_N, r=8, p=1)
+    created = EncryptedStore.with_passphrase(path, "correct horse", create=True, params=least)
     created.put("a", b"1")
     assert EncryptedStore.with_passphrase(path, "correct horse").get("a") == b"1"
     with pytest.raises(WrongKeyError, match="wrong key or passphrase"):
@@ -120,6 +123,20 @@ def test_passphrase_store(tmp_path: Path) -> None:
     raw = EncryptedStore(tmp_path / "raw", KEY, create=True)
     with pytest.raises(StoreError, match="created with a raw key, not a passphrase"):
         EncryptedStore.with_passphrase(raw.path, "correct horse")
+
+
+def test_a_new_passphrase_store_refuses_cheap_scrypt_but_an_old_one_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for cheap in (FAST, ScryptParams(n=MIN_SCRYPT_N, r=4, p=1)):
+        with pytest.raises(ValueError, match=r"too cheap to guess passphrases against"):
+            EncryptedStore.with_passphrase(tmp_path / "new", "pw", create=True, params=cheap)
+        assert not (tmp_path / "new").exists()
+    # a store created before the floor keeps its parameters in its header and still opens
+    monkeypatch.setattr(store_module, "MIN_SCRYPT_N", 2)
+    EncryptedStore.with_passphrase(tmp_path / "old", "pw", create=True, params=FAST).put("a", b"1")
+    monkeypatch.undo()
+    assert EncryptedStore.with_passphrase(tmp_path / "old", "pw").get("a") == b"1"
 
 
 def test_key_from_passphrase() -> None:

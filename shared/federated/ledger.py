@@ -59,11 +59,6 @@ class PrivacyLedger:
             )
         return [e.mechanism for e in self.entries]
 
-    def accountant_state(self, accountant: Accountant) -> dict[str, Any] | None:
-        """The state an Opacus accountant resumes from (None before any round)."""
-        history = self.history(accountant)
-        return {"mechanism": accountant, "history": history} if history else None
-
     def with_entry(self, entry: LedgerEntry) -> PrivacyLedger:
         return PrivacyLedger((*self.entries, entry))
 

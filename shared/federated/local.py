@@ -139,7 +139,6 @@ class LocalResult:
     noise_multiplier: float | None
     sample_rate: float
     steps: int
-    accountant_state: dict[str, Any] | None
 
 
 class ExampleScorer(nn.Module):
@@ -213,15 +212,15 @@ def train_local(
     local: LocalConfig,
     privacy: PrivacyConfig,
     plan: RoundPlan,
-    accountant_state: dict[str, Any] | None = None,
     seed: int = 0,
     device: str = "cpu",
 ) -> LocalResult:
     """Train ``network`` in place on ``examples`` for one round as ``plan`` (``plan_round``)
     says; ``table`` holds the item features (rows ``0..num_items-1``) and then the device's
-    text features. Under DP, the accountant continues from ``accountant_state`` (the device's
-    saved state). The round computes on torch ``device`` (a GPU for ``fedrec pooled``); the
-    sampling of batches and negatives does not depend on it."""
+    text features; under DP, ``epsilon`` is this round's alone (a device accounts its history
+    in its ledger, ``fedrec.shared.federated.ledger``). The round computes on torch ``device``
+    (a GPU for ``fedrec pooled``); the sampling of batches and negatives does not depend on
+    it."""
     if len(examples) == 0:
         raise ValueError("this device has no examples to train on")
     generator = torch.Generator().manual_seed(seed)
@@ -236,8 +235,6 @@ def train_local(
     if privacy.enabled:
         to_per_example_lstms(trained)  # per-example gradients in one product over time
         engine = PrivacyEngine(accountant=privacy.accountant)
-        if accountant_state is not None:
-            engine.accountant.load_state_dict(_accountant_from_json(accountant_state))
     scorer: nn.Module = ExampleScorer(trained, table).to(device)
     # after the swap, which gives the LSTM new parameter names under the same module path
     trainable = train_only(trained, local.trained)
@@ -301,11 +298,10 @@ def train_local(
         # from 0.7 to 2.0 GB over 50 devices' rounds on MovieLens)
         optimizer.zero_grad(set_to_none=True)
         scorer._close()
-    epsilon = state = None
+    epsilon = None
     if engine is not None:
         options = accountant_options(privacy.accountant)
         epsilon = float(engine.accountant.get_epsilon(privacy.delta, **options))
-        state = _accountant_to_json(engine.accountant.state_dict())
     return LocalResult(
         num_examples=len(examples),
         loss=total / max(count, 1),
@@ -313,19 +309,4 @@ def train_local(
         noise_multiplier=plan.noise_multiplier,
         sample_rate=plan.sample_rate,
         steps=steps,
-        accountant_state=state,
     )
-
-
-def _accountant_to_json(state: Any) -> dict[str, Any]:
-    return {
-        "mechanism": state["mechanism"],
-        "history": [[float(s), float(q), int(n)] for s, q, n in state["history"]],
-    }
-
-
-def _accountant_from_json(state: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "mechanism": state["mechanism"],
-        "history": [(float(s), float(q), int(n)) for s, q, n in state["history"]],
-    }

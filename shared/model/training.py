@@ -196,9 +196,11 @@ class NetworkRecommender:
             raise RuntimeError("fit() the model first")
         split, sequences, vectors, item_vectors = self._state
         out = np.empty((len(positions), split.num_items), dtype=np.float64)
+        # users of like history lengths share a batch, which is padded to its longest
+        by_length = np.argsort(sequences.lengths()[split.users[positions]], kind="stable")
         for first in range(0, len(positions), SCORE_BATCH):
-            users = split.users[positions[first : first + SCORE_BATCH]]
-            spans = [sequences.user(int(u)) for u in users]
+            batch = by_length[first : first + SCORE_BATCH]
+            spans = [sequences.user(int(u)) for u in split.users[positions[batch]]]
             lengths = torch.tensor([s.stop - s.start for s in spans])
             types = torch.zeros((len(spans), int(lengths.max())), dtype=torch.long)
             rows = torch.zeros_like(types)
@@ -207,7 +209,7 @@ class NetworkRecommender:
                 rows[i, : lengths[i]] = torch.from_numpy(sequences.rows[s])
             with torch.no_grad():
                 interests = self.network.users.final(vectors[rows], types, lengths)
-                out[first : first + len(users)] = (interests @ item_vectors.T).double().numpy()
+                out[batch] = (interests @ item_vectors.T).double().numpy()
         return out
 
 
