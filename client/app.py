@@ -26,6 +26,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
+from fedrec.client.secure_aggregation import secure_aggregation_mod
 from fedrec.client.store import EncryptedStore, StoreNotFoundError
 from fedrec.shared.evaluation.harness import rank_users
 from fedrec.shared.evaluation.metrics import point_estimates
@@ -50,7 +51,7 @@ def make_client_app(
     settings: FederationSettings | None = None, mods: list[Mod] | None = None
 ) -> ClientApp:
     """A ClientApp for ``settings``, or for the run config of each run when None."""
-    app = ClientApp(mods=mods)
+    app = ClientApp(mods=[*(mods or []), secure_aggregation_mod])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

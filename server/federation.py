@@ -38,6 +38,7 @@ from fedrec.server.checkpoint import (
     save_checkpoint,
     trained_part,
 )
+from fedrec.server.secure_aggregation import Exchange, secure_exchange, secure_workflow
 from fedrec.server.strategy import (
     BudgetStrategy,
     FrozenPartsStrategy,
@@ -58,6 +59,7 @@ from fedrec.shared.bundle import (
     sign_bundle,
 )
 from fedrec.shared.evaluation.harness import EvaluationConfig, evaluate
+from fedrec.shared.federated.records import FROZEN_RECORD
 from fedrec.shared.federated.settings import USER_DP_TRAINED, FederationSettings
 from fedrec.shared.federated.user_level import (
     plan_user_noise,
@@ -210,6 +212,7 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
         FrozenPartsStrategy(sampling, frozen), sampling.partitions, out_of_budget(out, settings)
     )
     key = _signing_key(out)
+    secure = secure_workflow(settings, timeout=3600) if settings.secure_aggregation else None
     result: dict[str, Any] = {}
     for server_round in range(first, settings.rounds + 1):
         if len(strategy.exhausted) >= settings.devices:
@@ -222,7 +225,11 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
             user_noises.append(noise)
             write_json(out / USER_NOISE, user_noises)
         messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
-        replies = list(grid.send_and_receive(messages, timeout=3600)) if messages else []
+        if secure is None:
+            exchange = plain_exchange(grid, messages)
+        else:
+            exchange = secure_exchange(grid, secure, server_round, messages)
+        replies = exchange.replies
         dropped_before, refused_before = len(validated.dropped), len(strategy.refused)
         aggregated, _ = strategy.aggregate_train(server_round, replies)
         if aggregated is not None:
@@ -260,8 +267,8 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
             epsilon=_epsilons(replies),
             user_noise=noise,
             user_epsilon=None if noise is None else user_epsilon(settings, user_noises),
-            bytes_up=sum(_nbytes(r.content.array_records.get("arrays")) for r in _ok(replies)),
-            bytes_down=(_nbytes(arrays) + _nbytes(frozen)) * len(messages),
+            bytes_up=exchange.bytes_up,
+            bytes_down=exchange.bytes_down,
         )
         for reply in _ok(replies):
             metrics = reply.content.metric_records["metrics"]
@@ -295,6 +302,16 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
         }
         write_json(out / SUMMARY, result)
     return result
+
+
+def plain_exchange(grid: Grid, requests: list[Message]) -> Exchange:
+    """Send a round's training ``requests`` and collect the replies; the bytes counted are
+    the arrays each way."""
+    replies = list(grid.send_and_receive(requests, timeout=3600)) if requests else []
+    records = [r.content.array_records for r in requests]
+    down = sum(_nbytes(r.get("arrays")) + _nbytes(r.get(FROZEN_RECORD)) for r in records)
+    up = sum(_nbytes(r.content.array_records.get("arrays")) for r in _ok(replies))
+    return Exchange(replies, up, down)
 
 
 def query_partitions(grid: Grid, nodes: list[int]) -> dict[int, int]:

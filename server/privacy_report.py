@@ -164,6 +164,7 @@ def _single_replies(settings: FederationSettings) -> dict[str, Any]:
         "share_noise_multiplier": share,
         "planned_rounds": settings.planned_participations,
         "epsilon_single_replies": epsilon_of(privacy.accountant, [mechanism], privacy.delta),
+        "secure_aggregation": settings.secure_aggregation,
     }
 
 
@@ -227,12 +228,24 @@ def _markdown(run: RunPrivacy, others: list[RunPrivacy]) -> str:
         lines.append("| record-level | (off) | | | |")
     elif record.get("distributed") is not None:
         shares = record["distributed"]
+        secure = shares.get("secure_aggregation") is True
+        server = (
+            "the server, which receives the replies masked (SecAgg+)"
+            if secure
+            else "a server that aggregates without reading single replies"
+        )
+        closing = (
+            "secure aggregation is on: only a server that breaks SecAgg+, or colludes with "
+            "secagg-threshold of a device's neighbours, reads single replies"
+            if secure
+            else "secure aggregation (off in this run) would close this"
+        )
         lines.append(
             f"| record-level, distributed (one DP-SGD step of the federation per round, its "
             f"noise added by the devices in {shares['noise_shares']} shares) | one example of a "
             f"user, against anyone who sees only the sum of the replies: the published model "
-            f"and bundles, the other devices, a server that aggregates without reading single "
-            f"replies | max {record['epsilon_max']:.4f}, median {record['epsilon_median']:.4f} "
+            f"and bundles, the other devices, {server} | max {record['epsilon_max']:.4f}, "
+            f"median {record['epsilon_median']:.4f} "
             f"(budget {record['budget']}) | {record['delta']} | noise multiplier "
             f"{shares['noise_multiplier']:.4f} at sampling rate {shares['sample_rate']}; "
             f"{record['accountant'].upper()} accountant on each device; clipping norm "
@@ -242,7 +255,7 @@ def _markdown(run: RunPrivacy, others: list[RunPrivacy]) -> str:
             f"| record-level, against a server that reads single replies | one example of a "
             f"user | {shares['epsilon_single_replies']:.4g} over {shares['planned_rounds']} "
             f"rounds | {record['delta']} | each reply carries noise multiplier "
-            f"{shares['share_noise_multiplier']:.4f}; secure aggregation would close this |"
+            f"{shares['share_noise_multiplier']:.4f}; {closing} |"
         )
     else:
         lines.append(

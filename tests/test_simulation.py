@@ -21,6 +21,7 @@ import torch
 from dp_accounting import rdp
 from flwr.app import Array, Context, Message
 from flwr.clientapp.typing import ClientAppCallable, Mod
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.serverapp.strategy import FedAdam
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
@@ -51,11 +52,11 @@ from fedrec.shared.federated.ledger import PrivacyLedger, epsilon_of
 from fedrec.shared.federated.local import RDP_ORDERS, LocalConfig, PrivacyConfig, plan_noise
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.federated.user_level import UserPrivacyConfig
-from fedrec.shared.model.network import ModelConfig, Recommender, trained_names
+from fedrec.shared.model.network import ModelConfig, Recommender, initial_network, trained_names
 from fedrec.shared.model.training import NetworkRecommender
 from fedrec.simulations import run as simulation_run
 from fedrec.simulations.keys import SECRET_FILE, device_key
-from fedrec.simulations.world import load_world
+from fedrec.simulations.world import federation_world, load_world
 
 DEVICES = 3
 #: What the devices of this federation train: the item tower and the user model's output
@@ -116,15 +117,17 @@ class NoisesRecorded:
 
 def small_federation(out: Path, **overrides: Any) -> FederationSettings:
     """A federation of ``DEVICES`` devices on the demo data with a tiny network that trains
-    ``TRAINED``, writing to ``out``; ``overrides`` set the rest."""
-    return FederationSettings(
-        data="demo",
-        devices=DEVICES,
-        out=str(out),
-        model=ModelConfig(hidden_dim=16, pool_window=5),
-        local=LocalConfig(batch_size=8, negatives=10, max_examples=24, context=5, trained=TRAINED),
-        **overrides,
-    )
+    ``TRAINED``, writing to ``out``; ``overrides`` set the rest (or replace those)."""
+    tiny = {
+        "data": "demo",
+        "devices": DEVICES,
+        "out": str(out),
+        "model": ModelConfig(hidden_dim=16, pool_window=5),
+        "local": LocalConfig(
+            batch_size=8, negatives=10, max_examples=24, context=5, trained=TRAINED
+        ),
+    }
+    return FederationSettings(**{**tiny, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -362,6 +365,7 @@ def test_distributed_rounds_are_applied_and_the_servers_momentum_is_resumed(
     assert single > record["epsilon_max"] + 1  # a single reply carries a share of the noise
     text = (out / "privacy.md").read_text()
     assert "in 2 shares" in text and f"{single:.4g} over 2 rounds" in text
+    assert shares["secure_aggregation"] is False and "(off in this run)" in text
     copy = tmp_path / "resumed"
     shutil.copytree(out, copy)
     budget = dataclasses.replace(settings.privacy, target_epsilon=100.0)  # room for round 3
@@ -819,3 +823,159 @@ def test_the_privacy_report_names_what_is_wrong_with_a_damaged_run(
         with pytest.raises(ValueError, match=message):
             privacy_report(folder)
         assert not (folder / "privacy.json").exists(), name
+
+
+# Secure aggregation through Flower's SecAgg+: the server gets the federation's aggregate and
+# never a device's update, and rounds survive devices that drop out mid-protocol.
+
+SECURE_DEVICES = 5
+
+
+class SecureCapture:
+    """A client mod, outside the device's SecAgg+ mod: keeps what every training reply
+    carries, and makes device 0 drop out before it sends its masked update in round 1 and
+    device 1 after it, before unmasking, in round 2."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        partition = int(context.node_config["partition-id"])
+        configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+        stage = None if configs is None else configs[Key.STAGE]
+        group = msg.metadata.group_id
+        server_round = int(group) if group.isdigit() else 0
+        if (partition, server_round, stage) in (
+            (0, 1, Stage.COLLECT_MASKED_VECTORS),
+            (1, 2, Stage.UNMASK),
+        ):
+            raise RuntimeError(f"device {partition} went offline in stage {stage}")
+        reply = call_next(msg, context)
+        content = reply.content
+        sent = {
+            "arrays": {
+                f"{r}/{n}": a.numpy()
+                for r, rec in content.array_records.items()
+                for n, a in rec.items()
+            },
+            "metrics": {n: dict(r) for n, r in content.metric_records.items()},
+            "configs": {n: dict(r) for n, r in content.config_records.items()},
+        }
+        self.folder.mkdir(exist_ok=True)
+        path = self.folder / f"{partition}-round{server_round}-{stage}.pkl"
+        path.write_bytes(pickle.dumps(sent))
+        return reply
+
+
+def secure_federation(out: Path, **overrides: Any) -> FederationSettings:
+    """``small_federation`` of ``SECURE_DEVICES`` devices, each sharing its SecAgg+ keys among
+    three."""
+    shares = {"devices": SECURE_DEVICES, "secagg_shares": 3, "secagg_threshold": 2}
+    return small_federation(out, **{**shares, **overrides})
+
+
+def _checkpoint_weights(out: Path) -> dict[str, np.ndarray]:
+    with np.load(out / CHECKPOINT) as saved:
+        return {k: saved[k] for k in saved.files if saved[k].dtype.kind == "f"}
+
+
+def test_the_secure_aggregate_is_the_plain_federations(tmp_path: Path) -> None:
+    """Without DP a round's training is deterministic: the weights after a secure round match
+    the plain round's up to SecAgg+'s quantization (one step of 16 / 2^22 per device, weighted:
+    under 4e-6 here), while training moved them by far more."""
+    off = PrivacyConfig(enabled=False)
+    plain = secure_federation(tmp_path / "plain", rounds=1, privacy=off)
+    secure = secure_federation(tmp_path / "secure", rounds=1, privacy=off, secure_aggregation=True)
+    for settings in (plain, secure):
+        simulation_run.simulate(settings)
+    first, second = (
+        _checkpoint_weights(tmp_path / "plain"),
+        _checkpoint_weights(tmp_path / "secure"),
+    )
+    world = federation_world(plain)
+    network = initial_network(plain.model, plain.seed, world.features.items)
+    initial = {k: v.numpy() for k, v in network.state_dict().items()}
+    gap = max(float(np.abs(first[k] - second[k]).max()) for k in first)
+    moved = max(float(np.abs(first[k] - initial[k]).max()) for k in first)
+    assert 0 < gap < 2e-5
+    assert moved > 100 * gap
+    summaries = [
+        json.loads((tmp_path / n / "summary.json").read_text()) for n in ("plain", "secure")
+    ]
+    # the masked update is integers of 8 bytes where the plain one is float32, plus the keys
+    plain_up, secure_up = (s["bytes_up_per_device_round"] for s in summaries)
+    assert secure_up > 2 * plain_up
+
+
+def test_secure_aggregation_needs_as_many_devices_a_round_as_shares(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="a round samples 2"):
+        secure_federation(tmp_path, fraction_train=0.4, secure_aggregation=True)
+
+
+@pytest.fixture(scope="module")
+def secure_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[FederationSettings, Path]:
+    """Distributed DP through SecAgg+, two rounds, with devices dropping out (``SecureCapture``)."""
+    out = tmp_path_factory.mktemp("secure")
+    privacy = PrivacyConfig(distributed=True, sample_rate=0.5)
+    settings = secure_federation(
+        out, rounds=2, privacy=privacy, server_momentum=0.9, secure_aggregation=True
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        wrap_devices(patch, SecureCapture(out / "captured"))
+        simulation_run.simulate(settings)
+    return settings, out
+
+
+def test_no_device_sends_its_update_in_the_clear(
+    secure_run: tuple[FederationSettings, Path],
+) -> None:
+    """Every training reply of a secure round carries no arrays: the device's update leaves
+    only as SecAgg+'s masked integers, beside its keys, shares and metrics."""
+    _, out = secure_run
+    stages = [p for p in (out / "captured").glob("*.pkl") if not p.stem.endswith("None")]
+    captured = [pickle.loads(p.read_bytes()) for p in stages]
+    # four stages a round, less device 0's last two in round 1 and device 1's last in round 2
+    assert len(captured) == 4 * 2 * SECURE_DEVICES - 3
+    masked = 0
+    for sent in captured:
+        assert all(value.size == 0 for value in sent["arrays"].values())
+        configs = sent["configs"][RECORD_KEY_CONFIGS]
+        if Key.MASKED_PARAMETERS in configs:
+            masked += 1
+            vectors = [np.frombuffer(b, dtype=np.uint8) for b in configs[Key.MASKED_PARAMETERS]]
+            assert sum(v.size for v in vectors) > 8 * 1000  # the whole update, masked
+            assert set(sent["configs"]["fitres.metrics"]) >= {"num-examples", "epsilon", "device"}
+    assert masked == 2 * SECURE_DEVICES - 1  # device 0 left round 1 before sending its update
+
+
+def test_rounds_survive_devices_that_drop_out(secure_run: tuple[FederationSettings, Path]) -> None:
+    """Device 0 left round 1 before its masked update: the four others were summed. Device 1
+    left round 2 after its update: SecAgg+ rebuilt its mask and all five were summed. Both
+    rounds moved the model and every device that trained accounted the round."""
+    settings, out = secure_run
+    rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["devices"], r["failed"], r["applied"]) for r in rounds] == [
+        (5, 1, True),
+        (5, 0, True),
+    ]
+    assert all(r["epsilon"]["max"] > 0 for r in rounds)
+    assert settings.noise_shares <= 4  # so that round 1's four shares carry a whole noise
+    record = privacy_report(out).record_level
+    assert record is not None and record["distributed"]["secure_aggregation"] is True
+    assert "receives the replies masked (SecAgg+)" in (out / "privacy.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"user_privacy": UserPrivacyConfig(enabled=True)}, "user-level DP must clip"),
+        ({"secagg_shares": 4}, "odd integer >= 3"),
+        ({"secagg_threshold": 1}, "above half"),
+        ({"secagg_threshold": 3}, "above half"),
+    ],
+)
+def test_secure_aggregation_settings_that_cannot_work_are_refused(
+    tmp_path: Path, overrides: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        secure_federation(tmp_path, secure_aggregation=True, **overrides)

@@ -45,7 +45,10 @@ class FederationSettings:
     and each device's own batches, never its DP noise or sampling. Under DP at either level,
     devices answer federated evaluation only with ``evaluate_outside_dp``
     (``device_evaluation``). ``canaries`` > 0 plants that many audit canaries
-    (``fedrec.simulations.audit``), ``canary_repeats`` times each, in the first devices."""
+    (``fedrec.simulations.audit``), ``canary_repeats`` times each, in the first devices.
+    ``secure_aggregation`` sends every training round through Flower's SecAgg+
+    (``fedrec.server.secure_aggregation``), each device's keys split among ``secagg_shares``
+    devices, any ``secagg_threshold`` of which rebuild them."""
 
     data: str = "demo"
     devices: int = 50
@@ -68,6 +71,9 @@ class FederationSettings:
     seed: int = 0
     canaries: int = 0
     canary_repeats: int = 10
+    secure_aggregation: bool = False
+    secagg_shares: int = 5
+    secagg_threshold: int = 3
     model: ModelConfig = field(default_factory=federated_model)
     local: LocalConfig = field(default_factory=LocalConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
@@ -124,10 +130,38 @@ class FederationSettings:
             raise ValueError(
                 f"participation_margin must be in [0, 10], got {self.participation_margin}"
             )
+        if self.secure_aggregation:
+            self._check_secure_aggregation()
         if not 0 <= self.canaries <= self.devices or self.canary_repeats < 1:
             raise ValueError("canaries must be in [0, devices] and canary_repeats at least 1")
         with torch.device("meta"):  # the module paths only: no weights allocated
             trained_names(Recommender(self.model), self.local.trained)
+
+    def _check_secure_aggregation(self) -> None:
+        """SecAgg+ (``fedrec.server.secure_aggregation``) sums what devices send without the
+        server seeing one reply: nothing per device can be clipped or noised at the server, and
+        each device splits its keys among ``secagg_shares`` neighbours (itself included), any
+        ``secagg_threshold`` of which rebuild them."""
+        if self.user_privacy.enabled:
+            raise ValueError(
+                "secure aggregation hides each device's update from the server, which user-level "
+                "DP must clip: use distributed DP (dp-distributed = true) with it instead"
+            )
+        shares, threshold = self.secagg_shares, self.secagg_threshold
+        if shares < 3 or shares % 2 == 0:
+            raise ValueError(f"secagg-shares must be an odd integer >= 3, got {shares}")
+        if not shares / 2 < threshold < shares:
+            raise ValueError(
+                f"secagg-threshold must be above half of secagg-shares ({shares}) and below it, "
+                f"got {threshold}: at half or less, a server could rebuild both a device's mask "
+                "and its key"
+            )
+        if self.sampled_devices < shares:
+            raise ValueError(
+                f"secure aggregation shares each device's keys among {shares} devices, but a "
+                f"round samples {self.sampled_devices}: lower secagg-shares or raise "
+                "fraction-train"
+            )
 
     @property
     def sampled_devices(self) -> int:

@@ -142,10 +142,12 @@ def _simulate(args: argparse.Namespace) -> int:
     )
     trained = {} if args.trained is None else {"local-trained": args.trained}
     strategy = {} if args.strategy is None else {"strategy": args.strategy}
+    secure = {"secure_aggregation": True} if args.secure_aggregation else {}
     settings = _settings(
         args,
         trained,
         **strategy,
+        **secure,
         user_privacy=user_privacy,
         out=str(args.out),
         seed=args.seed,
@@ -499,6 +501,12 @@ def _parser() -> argparse.ArgumentParser:
         help="record-level DP as one DP-SGD step of the federation per round, each device "
         "adding a share of its noise (the guarantee holds against whoever sees only the sum of "
         "the updates), with the data set's defaults for that (docs/privacy.md)",
+    )
+    simulate.add_argument(
+        "--secure-aggregation",
+        action="store_true",
+        help="devices send their updates masked through Flower's SecAgg+, so that the server "
+        "sees only their sum (docs/secure-aggregation.md; not with --user-dp)",
     )
     simulate.add_argument(
         "--target-epsilon", type=float, default=8.0, help="per-device budget (default: 8)"
