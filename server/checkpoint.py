@@ -5,6 +5,7 @@ resumed run must keep outside ``RESUMABLE_KEYS``."""
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from pathlib import Path
 
@@ -31,11 +32,28 @@ SERVER_ADAM = "server-adam/"
 #: read back as the moments' kind ``velocity``.
 SERVER_MOMENTUM = "server-momentum/"
 RUN_CONFIG = "run-config.json"
+#: One line for each time a run resumed with other values of ``RESUMABLE_KEYS`` (the budget, the
+#: rounds, ...): the first round they apply to and each key's values before and after.
+SETTINGS_CHANGES = "settings-changes.jsonl"
 
 
-def record_settings(out: Path, settings: FederationSettings) -> None:
-    """Keep ``settings`` in the run folder, for ``check_resumable`` when the run resumes."""
-    write_json(out / RUN_CONFIG, settings.to_run_config(), indent=1)
+def record_settings(out: Path, settings: FederationSettings, done: int) -> None:
+    """Keep ``settings`` in the run folder, for ``check_resumable`` when the run resumes; when
+    it resumes after round ``done`` with other values of keys it may change (its folder aside),
+    append them to ``SETTINGS_CHANGES`` first."""
+    now = settings.to_run_config()
+    if done and (out / RUN_CONFIG).exists():
+        before = read_json(out / RUN_CONFIG)
+        changed = {
+            key: [before.get(key), value]
+            for key, value in now.items()
+            if key != "out" and before.get(key) != value
+        }
+        if changed:
+            line = json.dumps({"from_round": done + 1, "changed": changed})
+            with (out / SETTINGS_CHANGES).open("a", encoding="utf-8") as handle:
+                handle.write(line + "\n")
+    write_json(out / RUN_CONFIG, now, indent=1)
 
 
 def load_checkpoint(out: Path, network: Recommender) -> int:

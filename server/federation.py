@@ -31,6 +31,7 @@ from flwr.serverapp.strategy import (
 from fedrec.server.averaging import average_weight, moving_average
 from fedrec.server.checkpoint import (
     CHECKPOINT,
+    SETTINGS_CHANGES,
     check_resumable,
     checked_moments,
     record_settings,
@@ -167,9 +168,9 @@ def _aggregation(settings: FederationSettings, user_noise: float | None) -> Stra
 def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
     """Run (or resume) the federation; returns what ``summary.json`` holds."""
     out = Path(settings.out)
-    check_run_folder(out, settings)
+    done = check_run_folder(out, settings)
     out.mkdir(parents=True, exist_ok=True)
-    record_settings(out, settings)
+    record_settings(out, settings, done)
     ensure_secret(out)
     started = time.perf_counter()
     world = federation_world(settings)
@@ -181,6 +182,7 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
     if first == 1:  # of a round 1 that did not finish
         (out / BUDGETS).unlink(missing_ok=True)
         (out / OUT_OF_BUDGET).unlink(missing_ok=True)
+        (out / SETTINGS_CHANGES).unlink(missing_ok=True)
     spent = load_budgets(out)
     user_noises = recorded_user_noises(out)
     noise = user_level_noise(settings, user_noises, done)

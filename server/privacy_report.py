@@ -27,6 +27,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from fedrec.server.checkpoint import SETTINGS_CHANGES
 from fedrec.server.federation import (
     BUDGETS,
     METRICS,
@@ -39,7 +40,7 @@ from fedrec.server.federation import (
 from fedrec.shared.federated.distributed import plan_step, share_noise_multiplier
 from fedrec.shared.federated.ledger import epsilon_of
 from fedrec.shared.federated.settings import FederationSettings
-from fedrec.shared.files import json_number, json_object, read_json, write_json
+from fedrec.shared.files import json_number, json_object, read_json, read_json_lines, write_json
 
 #: An audit's figures in a run folder (``fedrec.simulations.audit`` writes them).
 AUDIT = "audit.json"
@@ -62,6 +63,7 @@ class RunPrivacy:
     utility: dict[str, float]
     ci95: dict[str, list[float]]
     audit: dict[str, Any] | None
+    settings_changes: list[dict[str, Any]]
 
 
 def read_run(folder: Path) -> RunPrivacy:
@@ -145,7 +147,18 @@ def read_run(folder: Path) -> RunPrivacy:
         utility={k: summary["metrics"][k] for k in ("hr@10", "ndcg@10")},
         ci95={k: summary["ci95"][k] for k in ("hr@10", "ndcg@10")},
         audit=_read_audit(folder / AUDIT) if (folder / AUDIT).exists() else None,
+        settings_changes=_settings_changes(folder / SETTINGS_CHANGES),
     )
+
+
+def _settings_changes(path: Path) -> list[dict[str, Any]]:
+    """The run's resumes with other settings (``SETTINGS_CHANGES``), oldest first."""
+    if not path.exists():
+        return []
+    changes = read_json_lines(path, ("from_round", "changed"))
+    for number, change in enumerate(changes, start=1):
+        json_object(change["changed"], f"{path}, change {number}")
+    return changes
 
 
 def _single_replies(settings: FederationSettings) -> dict[str, Any]:
@@ -280,6 +293,15 @@ def _markdown(run: RunPrivacy, others: list[RunPrivacy]) -> str:
             f"{record['devices_reporting']} devices reported a spent budget; "
             f"{record['devices_out_of_budget']} are out of budget. Every figure is recomputed "
             "by each device's accountant from its ledger (in its encrypted store).",
+        ]
+    for change in run.settings_changes:
+        what = ", ".join(f"{key} {old} to {new}" for key, (old, new) in change["changed"].items())
+        lines += [
+            "",
+            f"Resumed from round {change['from_round']} with {what}. The devices' epsilons come "
+            "from their ledgers, which record each round as it ran; the figures derived from "
+            "the settings (distributed DP's noise, what single replies reveal) use the final "
+            "ones.",
         ]
     lines += ["", "| round | epsilon min | median | max | user-level | HR@10 |"]
     lines.append("| --- | --- | --- | --- | --- | --- |")

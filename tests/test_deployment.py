@@ -291,9 +291,16 @@ def _check_run_folder(out: Path, devices: int, logs: str) -> None:
 
 @pytest.mark.slow
 @needs_proc
+@pytest.mark.parametrize(
+    "extra",
+    ["", "dp-distributed=true secure-aggregation=true secagg-shares=3 secagg-threshold=2"],
+    ids=["plain", "secure-aggregation"],
+)
 def test_flwr_run_simulates_with_the_run_config_overridden(
-    tmp_path: Path, launcher: Launcher
+    tmp_path: Path, launcher: Launcher, extra: str
 ) -> None:
+    """``flwr run .`` with run-config overrides; also distributed DP through SecAgg+, whose
+    devices get the mod and the settings from the run config alone."""
     http_port, control_port = _free_ports(2)
     env = _env(
         tmp_path / "flwr-home",
@@ -302,7 +309,7 @@ def test_flwr_run_simulates_with_the_run_config_overridden(
     )
     out = tmp_path / "run"
     argv = [str(BIN / "flwr"), "run", str(ROOT), "--stream"]
-    argv += ["--run-config", f"{TINY} devices=3 out={json.dumps(str(out))}"]
+    argv += ["--run-config", f"{TINY} {extra} devices=3 out={json.dumps(str(out))}"]
     argv += ["--federation-config", "num-supernodes=3"]
     try:
         code = launcher.run("flwr-run", argv, env)
@@ -318,6 +325,8 @@ def test_flwr_run_simulates_with_the_run_config_overridden(
     assert code == 0, f"flwr run exited with {code}" + logs
     assert launcher.adopted, "found no local SuperLink on the port flwr was told to use" + logs
     _check_run_folder(out, devices=3, logs=logs)
+    settings = json.loads((out / "summary.json").read_text())["settings"]
+    assert settings["secure-aggregation"] == bool(extra), settings
 
 
 @pytest.mark.slow

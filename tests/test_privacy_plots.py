@@ -20,6 +20,7 @@ def _run(epsilon: dict[str, float] | None) -> RunPrivacy:
         utility={"hr@10": 0.1, "ndcg@10": 0.05},
         ci95={"hr@10": [0.0, 0.2], "ndcg@10": [0.0, 0.1]},
         audit=None,
+        settings_changes=[],
     )
 
 

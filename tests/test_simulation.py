@@ -372,6 +372,14 @@ def test_distributed_rounds_are_applied_and_the_servers_momentum_is_resumed(
     simulation_run.simulate(dataclasses.replace(settings, out=str(copy), rounds=3, privacy=budget))
     lines = [json.loads(text) for text in (copy / "metrics.jsonl").read_text().splitlines()]
     assert [line["round"] for line in lines] == [1, 2, 3] and lines[-1]["applied"]
+    # the report says the run resumed with another budget and more rounds
+    changes = privacy_report(copy).settings_changes
+    expected = {"rounds": [2, 3], "dp-target-epsilon": [settings.privacy.target_epsilon, 100.0]}
+    assert changes == [{"from_round": 3, "changed": expected}]
+    assert (
+        "Resumed from round 3 with rounds 2 to 3, dp-target-epsilon 8.0 to 100.0"
+        in (copy / "privacy.md").read_text()
+    )
     with pytest.raises(ValueError, match="server optimiser state"):
         checked_moments(moments, {"m", "v"}, set(trained))
     # on its own budget, which devices 1 and 2 have spent: device 0's update alone is fewer
