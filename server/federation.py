@@ -51,6 +51,7 @@ from fedrec.server.strategy import (
     ValidatedStrategy,
     array_record,
     record_arrays,
+    record_nbytes,
 )
 from fedrec.shared.bundle import (
     ItemBundle,
@@ -311,8 +312,10 @@ def plain_exchange(grid: Grid, requests: list[Message]) -> Exchange:
     the arrays each way."""
     replies = list(grid.send_and_receive(requests, timeout=3600)) if requests else []
     records = [r.content.array_records for r in requests]
-    down = sum(_nbytes(r.get("arrays")) + _nbytes(r.get(FROZEN_RECORD)) for r in records)
-    up = sum(_nbytes(r.content.array_records.get("arrays")) for r in _ok(replies))
+    down = sum(
+        record_nbytes(r.get("arrays")) + record_nbytes(r.get(FROZEN_RECORD)) for r in records
+    )
+    up = sum(record_nbytes(r.content.array_records.get("arrays")) for r in _ok(replies))
     return Exchange(replies, up, down)
 
 
@@ -484,10 +487,6 @@ def _scalars(record: MetricRecord | None) -> dict[str, float] | None:
 
 def _ok(replies: list[Message]) -> list[Message]:
     return [r for r in replies if not r.has_error()]
-
-
-def _nbytes(record: ArrayRecord | None) -> int:
-    return 0 if record is None else sum(a.nbytes for a in record_arrays(record).values())
 
 
 def _metric(replies: list[Message], name: str) -> list[float]:

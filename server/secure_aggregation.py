@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.common import (
     EvaluateIns,
@@ -39,7 +38,7 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from fedrec.server.strategy import array_record
+from fedrec.server.strategy import array_record, record_arrays, record_nbytes
 from fedrec.shared.federated.records import (
     FROZEN_RECORD,
     SECURE_NAMES_KEY,
@@ -96,7 +95,7 @@ def secure_exchange(
 
 def content_bytes(content: RecordDict) -> int:
     """The bytes of a message's arrays and of its config records' bytes and text values."""
-    total = sum(a.numpy().nbytes for r in content.array_records.values() for a in r.values())
+    total = sum(record_nbytes(record) for record in content.array_records.values())
     for record in content.config_records.values():
         for value in record.values():
             for item in value if isinstance(value, list) else [value]:
@@ -151,34 +150,34 @@ class CountingGrid(Grid):
 
 class _Relay(LegacyStrategy):
     """The legacy strategy SecAgg+ drives: it hands the workflow the round's requests as
-    ``FitIns`` and keeps the unmasked mean with the devices' results."""
+    ``FitIns`` and keeps the unmasked mean with the devices' results. The requests carry one
+    payload (fedrec's strategies send every device the same record), converted once."""
 
     def __init__(self, grid: Grid, requests: list[Message]) -> None:
+        contents = {id(m.content) for m in requests}
+        if len(contents) != 1:
+            raise ValueError(
+                f"secure aggregation sends one payload to every device, got {len(contents)}"
+            )
         self.grid = grid
         self.requests = {m.metadata.dst_node_id: m for m in requests}
         self.results: list[tuple[ClientProxy, FitRes]] = []
-        self.sent: dict[str, np.ndarray] = {}
+        records = requests[0].content.array_records
+        self.sent = record_arrays(records["arrays"])
+        self.frozen = record_arrays(records.get(FROZEN_RECORD, ArrayRecord()))
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
-        run_id = self.grid.run.run_id
-        return [
-            (GridClientProxy(node, self.grid, run_id), self._fitins(server_round, request))
-            for node, request in self.requests.items()
-        ]
-
-    def _fitins(self, server_round: int, request: Message) -> FitIns:
-        trained = request.content.array_records["arrays"]
-        frozen = request.content.array_records.get(FROZEN_RECORD, ArrayRecord())
-        self.sent = {name: array.numpy() for name, array in trained.items()}
-        arrays = [*self.sent.values(), *(a.numpy() for a in frozen.values())]
         config: dict[str, Scalar] = {
             SECURE_ROUND_KEY: server_round,
-            SECURE_NAMES_KEY: "\n".join([*trained, *frozen]),
-            SECURE_TRAINED_KEY: len(trained),
+            SECURE_NAMES_KEY: "\n".join([*self.sent, *self.frozen]),
+            SECURE_TRAINED_KEY: len(self.sent),
         }
-        return FitIns(ndarrays_to_parameters(arrays), config)
+        arrays = [*self.sent.values(), *self.frozen.values()]
+        fitins = FitIns(ndarrays_to_parameters(arrays), config)
+        run_id = self.grid.run.run_id
+        return [(GridClientProxy(node, self.grid, run_id), fitins) for node in self.requests]
 
     def aggregate_fit(
         self,

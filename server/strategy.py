@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -24,6 +25,17 @@ logger = logging.getLogger(__name__)
 def record_arrays(record: ArrayRecord) -> dict[str, npt.NDArray[np.generic]]:
     """An ArrayRecord as numpy arrays by name."""
     return {name: array.numpy() for name, array in record.items()}
+
+
+def record_nbytes(record: ArrayRecord | None) -> int:
+    """The bytes of a record's array values (none for None): from their shapes and dtypes,
+    without decoding them, where they say (Flower's legacy records leave them empty)."""
+    if record is None:
+        return 0
+    return sum(
+        math.prod(a.shape) * np.dtype(a.dtype).itemsize if a.dtype else a.numpy().nbytes
+        for a in record.values()
+    )
 
 
 def array_record(arrays: dict[str, npt.NDArray[np.generic]]) -> ArrayRecord:
