@@ -7,7 +7,8 @@ speaks Flower's legacy records (``FitIns``: positional arrays and a config; ``Fi
 ``secure_aggregation_mod`` translates for the train handler: it hands it the global weights
 as fedrec's named records, and masks the difference the device's training made to the trained
 weights (small numbers, far inside SecAgg+'s clipping range, where whole weights need not be)
-with its example count as the weight. The reply's metrics (example count, epsilon, budget
+with its example count as the weight, and packs the masked values in 4 bytes each
+(``fedrec.shared.federated.masked_vectors``). The reply's metrics (example count, epsilon, budget
 flags, device id) travel in the clear, as without secure aggregation. Any other message
 passes through untouched.
 """
@@ -25,6 +26,7 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common import recorddict_compat as compat
 
+from fedrec.shared.federated.masked_vectors import pack_masked_vectors
 from fedrec.shared.federated.records import (
     FROZEN_RECORD,
     SECURE_NAMES_KEY,
@@ -39,7 +41,10 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
     secure = RECORD_KEY_CONFIGS in msg.content.config_records
     if msg.metadata.message_type != MessageType.TRAIN or not secure:
         return call_next(msg, context)
-    return secaggplus_mod(msg, context, _named(call_next))
+    reply = secaggplus_mod(msg, context, _named(call_next))
+    if not reply.has_error():
+        reply.content = pack_masked_vectors(reply.content)
+    return reply
 
 
 def _named(call_next: ClientAppCallable) -> ClientAppCallable:

@@ -39,6 +39,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 from fedrec.server.strategy import array_record, record_arrays, record_nbytes
+from fedrec.shared.federated.masked_vectors import unpack_masked_vectors
 from fedrec.shared.federated.records import (
     FROZEN_RECORD,
     SECURE_NAMES_KEY,
@@ -105,7 +106,9 @@ def content_bytes(content: RecordDict) -> int:
 
 
 class CountingGrid(Grid):
-    """``grid``, counting the bytes of what ``send_and_receive`` sends and receives."""
+    """``grid``, counting the bytes of what ``send_and_receive`` sends and receives (as they
+    cross the wire: masked vectors packed in 4 bytes a value), and unpacking the replies'
+    masked vectors for SecAgg+."""
 
     def __init__(self, grid: Grid) -> None:
         self.grid = grid
@@ -118,7 +121,10 @@ class CountingGrid(Grid):
         messages = list(messages)
         self.bytes_down += sum(content_bytes(m.content) for m in messages)
         replies = list(self.grid.send_and_receive(messages, timeout=timeout))
-        self.bytes_up += sum(content_bytes(r.content) for r in replies if not r.has_error())
+        for reply in replies:
+            if not reply.has_error():
+                self.bytes_up += content_bytes(reply.content)
+                reply.content = unpack_masked_vectors(reply.content)
         return replies
 
     def set_run(self, run: Run) -> None:

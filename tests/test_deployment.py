@@ -43,6 +43,8 @@ TINY = (
     'data="demo" rounds=2 model-hidden-dim=16 model-pool-window=5 '
     "local-batch-size=8 local-negatives=10 local-max-examples=24 local-context=5"
 )
+#: distributed DP through SecAgg+ on three devices (SecAgg+ needs at least three shares)
+SECURE_RUN = "dp-distributed=true secure-aggregation=true secagg-shares=3 secagg-threshold=2"
 RUN_TIMEOUT_S = 480
 
 
@@ -293,7 +295,7 @@ def _check_run_folder(out: Path, devices: int, logs: str) -> None:
 @needs_proc
 @pytest.mark.parametrize(
     "extra",
-    ["", "dp-distributed=true secure-aggregation=true secagg-shares=3 secagg-threshold=2"],
+    ["", SECURE_RUN],
     ids=["plain", "secure-aggregation"],
 )
 def test_flwr_run_simulates_with_the_run_config_overridden(
@@ -331,9 +333,17 @@ def test_flwr_run_simulates_with_the_run_config_overridden(
 
 @pytest.mark.slow
 @needs_proc
-def test_deployment_engine_over_tls_on_loopback(tmp_path: Path, launcher: Launcher) -> None:
+@pytest.mark.parametrize(
+    ("nodes", "extra"), [(2, ""), (3, SECURE_RUN)], ids=["plain", "secure-aggregation"]
+)
+def test_deployment_engine_over_tls_on_loopback(
+    tmp_path: Path, launcher: Launcher, nodes: int, extra: str
+) -> None:
+    """Two rounds on SuperNodes that reach the SuperLink over TLS; also distributed DP through
+    SecAgg+, whose four stages a round each start a ClientApp process per SuperNode that must
+    find the protocol's state the previous stage left in the node's context."""
     files = write_certificates(tmp_path / "certs")
-    port, *node_ports = _free_ports(3)
+    port, *node_ports = _free_ports(1 + nodes)
     link = launcher.start(
         "superlink",
         [
@@ -359,7 +369,7 @@ def test_deployment_engine_over_tls_on_loopback(tmp_path: Path, launcher: Launch
                 *("--root-certificates", str(files.ca_cert)),
                 *("--superlink", f"127.0.0.1:{port}"),
                 *("--port", str(node_port)),  # its ClientApp runtime API, on loopback
-                *("--node-config", f"partition-id={partition} num-partitions=2"),
+                *("--node-config", f"partition-id={partition} num-partitions={nodes}"),
             ],
             _env(tmp_path / f"supernode-{partition}-home"),
         )
@@ -371,11 +381,13 @@ def test_deployment_engine_over_tls_on_loopback(tmp_path: Path, launcher: Launch
     )
     out = tmp_path / "run"
     argv = [str(BIN / "flwr"), "run", str(ROOT), "fedrec-tls", "--stream"]
-    argv += ["--run-config", f"{TINY} devices=2 out={json.dumps(str(out))}"]
+    argv += ["--run-config", f"{TINY} {extra} devices={nodes} out={json.dumps(str(out))}"]
     code = launcher.run("flwr-run", argv, env)
     logs = launcher.tails()
     assert code == 0, f"flwr run exited with {code}" + logs
-    _check_run_folder(out, devices=2, logs=logs)
+    _check_run_folder(out, devices=nodes, logs=logs)
+    settings = json.loads((out / "summary.json").read_text())["settings"]
+    assert settings["secure-aggregation"] == bool(extra), settings
     died = [p.args[0] for p in launcher.started[:-1] if p.poll() is not None]
     assert not died, f"died during the run: {died}" + logs
 
