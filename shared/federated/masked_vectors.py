@@ -11,6 +11,7 @@ SecAgg+ config record and leave every other message alone.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
@@ -53,12 +54,11 @@ def _convert(content: RecordDict, convert: Callable[[np.ndarray], np.ndarray]) -
     if record is None or Key.MASKED_PARAMETERS not in record:
         return content
     values = record[Key.MASKED_PARAMETERS]
-    serialised = [v for v in values if isinstance(v, bytes)] if isinstance(values, list) else []
-    if not isinstance(values, list) or len(serialised) != len(values):
+    if not isinstance(values, list) or not all(isinstance(v, bytes) for v in values):
         raise ValueError("SecAgg+'s masked parameters must be a list of serialised arrays")
     converted = ConfigRecord(dict(record))
     converted[Key.MASKED_PARAMETERS] = [
-        ndarray_to_bytes(convert(bytes_to_ndarray(value))) for value in serialised
+        ndarray_to_bytes(convert(bytes_to_ndarray(value))) for value in cast(list[bytes], values)
     ]
     packed = RecordDict(dict(content))
     packed[RECORD_KEY_CONFIGS] = converted
