@@ -141,6 +141,14 @@ def test_a_centred_item_tower_refuses_to_run_uncentred_or_on_a_bad_catalog() -> 
         initial_network(centred, seed=0)
     with pytest.raises(RuntimeError, match="never set"):
         Recommender(centred).items(torch.randn(2, 12))
+    # the centre travels in the state dict: loading a set one sets it, an unset one unsets it
+    catalog = torch.randn(5, 12)
+    model, unset = initial_network(centred, seed=0, catalog=catalog), Recommender(centred)
+    unset.load_state_dict(model.state_dict())
+    torch.testing.assert_close(unset.items(catalog), model.items(catalog))
+    model.load_state_dict(Recommender(centred).state_dict())
+    with pytest.raises(RuntimeError, match="never set"):
+        model.items(catalog)
     for catalog, problem in (
         (torch.randn(5, 11), r"must be \(items, 12\)"),
         (torch.randn(0, 12), r"must be \(items, 12\)"),
