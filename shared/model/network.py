@@ -75,7 +75,7 @@ class ItemTower(nn.Module):
         )
         #: whether ``center`` holds a finite mean: checked where it is set or loaded, not on
         #: every forward (which would make a GPU wait for each batch)
-        self.center_set = False
+        self._center_set = False
         self.register_load_state_dict_post_hook(ItemTower._note_loaded_center)  # type: ignore[no-untyped-call]
         self.project = nn.Linear(config.feature_dim, rank or config.item_dim, bias=not rank)
         self.expand = nn.Linear(rank, config.item_dim) if rank else None
@@ -100,16 +100,16 @@ class ItemTower(nn.Module):
         if not torch.isfinite(mean).all():
             raise ValueError("the catalog's features are not finite")
         self.center.copy_(mean.to(self.center.dtype))
-        self.center_set = True
+        self._center_set = True
 
     @staticmethod
     def _note_loaded_center(module: nn.Module, _incompatible: object) -> None:
         if isinstance(module, ItemTower) and module.center is not None:
-            module.center_set = bool(torch.isfinite(module.center).all())
+            module._center_set = bool(torch.isfinite(module.center).all())
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if self.center is not None:
-            if not self.center_set:
+            if not self._center_set:
                 raise RuntimeError(
                     "the item tower centres features on the catalog's mean, which was never "
                     "set: build the network with initial_network(..., catalog=...)"
