@@ -8,9 +8,10 @@ speaks Flower's legacy records (``FitIns``: positional arrays and a config; ``Fi
 as fedrec's named records, and masks the difference the device's training made to the trained
 weights (small numbers, far inside SecAgg+'s clipping range, where whole weights need not be)
 with its example count as the weight, and packs the masked values in 4 bytes each
-(``fedrec.shared.federated.masked_vectors``). The reply's metrics (example count, epsilon, budget
-flags, device id) travel in the clear, as without secure aggregation. Any other message
-passes through untouched.
+(``fedrec.shared.federated.masked_vectors``). The masks come from a cryptographic generator
+keyed by the whole secret, not Flower's MT19937 (``fedrec.shared.federated.secure_masks``).
+The reply's metrics (example count, epsilon, budget flags, device id) travel in the clear, as
+without secure aggregation. Any other message passes through untouched.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from fedrec.shared.federated.records import (
     SECURE_ROUND_KEY,
     SECURE_TRAINED_KEY,
 )
+from fedrec.shared.federated.secure_masks import use_secure_masks
 
 
 def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -41,6 +43,7 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
     secure = RECORD_KEY_CONFIGS in msg.content.config_records
     if msg.metadata.message_type != MessageType.TRAIN or not secure:
         return call_next(msg, context)
+    use_secure_masks()
     reply = secaggplus_mod(msg, context, _named(call_next))
     if not reply.has_error():
         reply.content = pack_masked_vectors(reply.content)
