@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-#: Where Flower's SecAgg+ looks up its mask generator: the device's mod and the server's
-#: workflow import ``pseudo_rand_gen`` by name. (Imported by name: the packages export a
-#: function of the mod's module's name.)
+#: The modules whose ``pseudo_rand_gen`` (imported there by name) expands SecAgg+'s masks: the
+#: device's mod and the server's workflow. Looked up by their full names, since the mod's
+#: package exports a function under the mod module's name.
 MASK_USERS = tuple(
     import_module(name)
     for name in (
