@@ -17,6 +17,7 @@ folder. Two guarantees, reported side by side:
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,8 +40,10 @@ from fedrec.server.federation import (
 )
 from fedrec.shared.federated.distributed import plan_step, share_noise_multiplier
 from fedrec.shared.federated.ledger import epsilon_of
+from fedrec.shared.federated.secure_rounding import distributed_rounding, log10_rounding_delta
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.files import json_number, json_object, read_json, read_json_lines, write_json
+from fedrec.shared.model.network import Recommender, trained_names
 
 #: An audit's figures in a run folder (``fedrec.simulations.audit`` writes them).
 AUDIT = "audit.json"
@@ -113,7 +116,9 @@ def read_run(folder: Path) -> RunPrivacy:
             "devices_reporting": len(spent),
             "devices_out_of_budget": lines[-1].get("out_of_budget", 0) if lines else 0,
             "spent": spent,
-            "distributed": _single_replies(settings) if settings.privacy.distributed else None,
+            "distributed": (
+                _single_replies(settings, spent[-1]) if settings.privacy.distributed else None
+            ),
         }
     user = None
     if settings.user_privacy.enabled:
@@ -161,10 +166,12 @@ def _settings_changes(path: Path) -> list[dict[str, Any]]:
     return changes
 
 
-def _single_replies(settings: FederationSettings) -> dict[str, Any]:
+def _single_replies(settings: FederationSettings, epsilon: float) -> dict[str, Any]:
     """Under distributed DP, what one device's replies alone reveal: each carries the share
     of the noise ``share_noise_multiplier`` gives, so against a server that reads them one by
-    one a device that trains its planned rounds spends ``epsilon_single_replies``."""
+    one a device that trains its planned rounds spends ``epsilon_single_replies``. Under
+    secure aggregation also ``rounding_delta_log10``: the log10 of what SecAgg+'s rounding
+    adds at most to delta at ``epsilon`` (``fedrec.shared.federated.secure_rounding``)."""
     privacy = settings.privacy
     plan = plan_step(privacy, settings.planned_participations)
     assert plan.noise_multiplier is not None  # distributed DP is record-level DP
@@ -178,7 +185,30 @@ def _single_replies(settings: FederationSettings) -> dict[str, Any]:
         "planned_rounds": settings.planned_participations,
         "epsilon_single_replies": epsilon_of(privacy.accountant, [mechanism], privacy.delta),
         "secure_aggregation": settings.secure_aggregation,
+        "rounding_delta_log10": (
+            _rounding_delta_log10(settings, plan.noise_multiplier, epsilon)
+            if settings.secure_aggregation
+            else None
+        ),
     }
+
+
+def _rounding_delta_log10(
+    settings: FederationSettings, noise_multiplier: float, epsilon: float
+) -> float:
+    """What SecAgg+'s rounding adds to delta, over every trained weight and round of the run."""
+    rounding = distributed_rounding(
+        noise_multiplier,
+        settings.privacy.max_grad_norm,
+        settings.noise_shares,
+        settings.privacy.sample_rate,
+        settings.local.max_examples,
+        settings.sampled_devices,
+    )
+    network = Recommender(settings.model)
+    weights = dict(network.named_parameters())
+    trained = sum(weights[name].numel() for name in trained_names(network, settings.local.trained))
+    return log10_rounding_delta(rounding, trained, settings.rounds, epsilon)
 
 
 #: What an audit's figures in a run folder must hold (``fedrec.simulations.audit``).
@@ -262,7 +292,7 @@ def _markdown(run: RunPrivacy, others: list[RunPrivacy]) -> str:
             f"(budget {record['budget']}) | {record['delta']} | noise multiplier "
             f"{shares['noise_multiplier']:.4f} at sampling rate {shares['sample_rate']}; "
             f"{record['accountant'].upper()} accountant on each device; clipping norm "
-            f"{record['clipping_norm']} |"
+            f"{record['clipping_norm']}{_rounding_note(shares.get('rounding_delta_log10'))} |"
         )
         lines.append(
             f"| record-level, against a server that reads single replies | one example of a "
@@ -342,6 +372,15 @@ def _markdown(run: RunPrivacy, others: list[RunPrivacy]) -> str:
             )
     lines += ["", *(f"![{name}]({name})" for name in PLOTS), ""]
     return "\n".join(lines)
+
+
+def _rounding_note(delta_log10: float | None) -> str:
+    """What SecAgg+'s rounding adds to delta, for the report's table (nothing without it)."""
+    if delta_log10 is None:
+        return ""
+    if delta_log10 >= 0:
+        return "; SecAgg+'s rounding is not covered: its clipping can bind"
+    return f"; SecAgg+'s rounding adds at most 10^{math.floor(delta_log10) + 1} to delta"
 
 
 def _fmt(value: float | None) -> str:

@@ -367,6 +367,7 @@ def test_distributed_rounds_are_applied_and_the_servers_momentum_is_resumed(
     text = (out / "privacy.md").read_text()
     assert "in 2 shares" in text and f"{single:.4g} over 2 rounds" in text
     assert shares["secure_aggregation"] is False and "(off in this run)" in text
+    assert shares["rounding_delta_log10"] is None and "rounding" not in text
     copy = tmp_path / "resumed"
     shutil.copytree(out, copy)
     budget = dataclasses.replace(settings.privacy, target_epsilon=100.0)  # room for round 3
@@ -978,7 +979,11 @@ def test_rounds_survive_devices_that_drop_out(secure_run: tuple[FederationSettin
     assert settings.noise_shares <= 4  # so that round 1's four shares carry a whole noise
     record = privacy_report(out).record_level
     assert record is not None and record["distributed"]["secure_aggregation"] is True
-    assert "receives the replies masked (SecAgg+)" in (out / "privacy.md").read_text()
+    text = (out / "privacy.md").read_text()
+    assert "receives the replies masked (SecAgg+)" in text
+    # the rounding's addition to delta: noise far above SecAgg+'s levels, clipping far away
+    rounding = record["distributed"]["rounding_delta_log10"]
+    assert rounding < -1000 and f"adds at most 10^{math.floor(rounding) + 1} to delta" in text
 
 
 @pytest.mark.parametrize(
