@@ -10,6 +10,7 @@ import pytest
 from flwr.common.secure_aggregation.quantization import quantize
 from scipy.stats import norm
 
+from fedrec.server.secure_aggregation import secure_workflow
 from fedrec.shared.federated.secure_rounding import (
     CLIPPING_RANGE,
     QUANTIZATION_LEVELS,
@@ -18,6 +19,7 @@ from fedrec.shared.federated.secure_rounding import (
     log10_rounding_delta,
     log_total_variation,
 )
+from fedrec.shared.federated.settings import FederationSettings
 
 
 def _call(mean: float, std: float, strike: np.ndarray) -> np.ndarray:
@@ -94,6 +96,12 @@ def test_the_rounding_modelled_is_flowers() -> None:
     base = math.floor((value + CLIPPING_RANGE) * levels)
     assert set(np.unique(draws)) == {base, base + 1}
     assert float(np.mean(draws == base + 1)) == pytest.approx(0.3, abs=5 * math.sqrt(0.21 / 2e5))
+
+
+def test_the_lattice_is_the_one_fedrecs_workflow_asks_for() -> None:
+    workflow = secure_workflow(FederationSettings(), timeout=1.0)
+    assert workflow.clipping_range == CLIPPING_RANGE
+    assert workflow.quantization_range == QUANTIZATION_LEVELS
 
 
 def test_clipping_that_can_bind_leaves_no_bound() -> None:
