@@ -186,21 +186,17 @@ def _single_replies(settings: FederationSettings, epsilon: float) -> dict[str, A
         "epsilon_single_replies": epsilon_of(privacy.accountant, [mechanism], privacy.delta),
         "secure_aggregation": settings.secure_aggregation,
         "rounding_delta_log10": (
-            _rounding_delta_log10(settings, plan.noise_multiplier, epsilon)
-            if settings.secure_aggregation
-            else None
+            _rounding_delta_log10(settings, share, epsilon) if settings.secure_aggregation else None
         ),
     }
 
 
-def _rounding_delta_log10(
-    settings: FederationSettings, noise_multiplier: float, epsilon: float
-) -> float:
-    """What SecAgg+'s rounding adds to delta, over every trained weight and round of the run."""
+def _rounding_delta_log10(settings: FederationSettings, share: float, epsilon: float) -> float:
+    """What SecAgg+'s rounding adds to delta, over every trained weight and round of the run,
+    for noise shares of noise multiplier ``share``."""
     rounding = distributed_rounding(
-        noise_multiplier,
+        share,
         settings.privacy.max_grad_norm,
-        settings.noise_shares,
         settings.privacy.sample_rate,
         settings.local.max_examples,
         settings.sampled_devices,

@@ -47,6 +47,7 @@ from fedrec.shared.federated.records import (
     SECURE_TRAINED_KEY,
 )
 from fedrec.shared.federated.secure_masks import use_secure_masks
+from fedrec.shared.federated.secure_rounding import CLIPPING_RANGE, QUANTIZATION_LEVELS
 from fedrec.shared.federated.settings import FederationSettings
 
 #: The error code of a device that left the protocol before its update was summed.
@@ -65,11 +66,14 @@ class Exchange:
 
 def secure_workflow(settings: FederationSettings, timeout: float) -> SecAggPlusWorkflow:
     """SecAgg+ with the run's shares and threshold; a device's weight is its example count,
-    at most ``local.max_examples`` (what the server's validation allows)."""
+    at most ``local.max_examples`` (what the server's validation allows); values clipped and
+    rounded as ``fedrec.shared.federated.secure_rounding`` bounds it."""
     return SecAggPlusWorkflow(
         num_shares=settings.secagg_shares,
         reconstruction_threshold=settings.secagg_threshold,
         max_weight=settings.local.max_examples,
+        clipping_range=CLIPPING_RANGE,
+        quantization_range=QUANTIZATION_LEVELS,
         timeout=timeout,
     )
 

@@ -116,7 +116,7 @@ def test_the_movielens_defaults_add_nothing_a_float_can_hold() -> None:
     """Distributed DP's MovieLens defaults (noise multiplier 1.3086 in 110 shares at sampling
     rate 0.2, 128 examples a device, 122 devices a round): the rounding adds to delta less than
     10^-80000 over 243,860 weights and 230 rounds; the clipping margin sets it."""
-    rounding = distributed_rounding(1.3086, 1.0, 110, 0.2, 128, 122)
+    rounding = distributed_rounding(1.3086 / math.sqrt(110), 1.0, 0.2, 128, 122)
     assert rounding.signal_bound == pytest.approx(5.0)
     assert rounding.share_std == pytest.approx(1.3086 / math.sqrt(110) / 25.6)
     delta = log10_rounding_delta(rounding, 243_860, 230, epsilon=8.0)
@@ -127,7 +127,7 @@ def test_the_movielens_defaults_add_nothing_a_float_can_hold() -> None:
 
 def test_a_small_sampling_rate_lets_the_clipping_bind() -> None:
     """At sampling rate 0.1 a device's clipped sum can reach 10 > 8 in SecAgg+'s units."""
-    rounding = distributed_rounding(1.0, 1.0, 10, 0.1, 128, 12)
+    rounding = distributed_rounding(1.0 / math.sqrt(10), 1.0, 0.1, 128, 12)
     assert log10_rounding_delta(rounding, 1000, 10, 8.0) == pytest.approx(math.log10(1 + math.e**8))
 
 

@@ -40,8 +40,8 @@ from dataclasses import dataclass
 
 from scipy.special import log_ndtr, logsumexp
 
-#: SecAgg+'s clipping range and quantization levels: Flower's ``SecAggPlusWorkflow`` defaults,
-#: which ``fedrec.server.secure_aggregation.secure_workflow`` keeps.
+#: SecAgg+'s clipping range and quantization levels, which
+#: ``fedrec.server.secure_aggregation.secure_workflow`` gives Flower's ``SecAggPlusWorkflow``.
 CLIPPING_RANGE = 8.0
 QUANTIZATION_LEVELS = 2**22
 
@@ -73,6 +73,8 @@ def log_total_variation(rounding: SecureRounding) -> float:
     """The natural log of the bound (module docstring) on the total variation between one
     coordinate's rounded sum and the accounted Gaussian mechanism post-processed; 0 where the
     bound says nothing (a total variation of at most 1)."""
+    if rounding.signal_bound >= rounding.clip:
+        return 0.0
     k, s = rounding.devices, rounding.share_std
     rho = s / rounding.level
     beta = math.pi**2 * rho**2 / 2
@@ -85,10 +87,8 @@ def log_total_variation(rounding: SecureRounding) -> float:
     terms = [
         math.log(points / 2) + log_kappa,
         math.log(2) + float(log_ndtr(-math.pi * rho)),
+        math.log(2 * k) + float(log_ndtr(-(rounding.clip - rounding.signal_bound) / s)),
     ]
-    if rounding.signal_bound >= rounding.clip:
-        return 0.0
-    terms.append(math.log(2 * k) + float(log_ndtr(-(rounding.clip - rounding.signal_bound) / s)))
     return min(0.0, float(logsumexp(terms)))
 
 
@@ -108,9 +108,8 @@ def log10_rounding_delta(
 
 
 def distributed_rounding(
-    noise_multiplier: float,
+    share_noise_multiplier: float,
     max_grad_norm: float,
-    noise_shares: int,
     sample_rate: float,
     max_examples: int,
     devices: int,
@@ -118,11 +117,12 @@ def distributed_rounding(
     """A distributed-DP round as SecAgg+ sums it: a device with ``n`` examples sends its change
     ``-(x + z) / (sample_rate n)`` times SecAgg+'s weight ``n / max_examples``, where each of
     the at most ``max_examples`` clipped gradients in ``x`` has every coordinate within
-    ``max_grad_norm`` and ``z`` has standard deviation ``noise_multiplier * max_grad_norm /
-    sqrt(noise_shares)``; at most ``devices`` replies are summed."""
+    ``max_grad_norm`` and ``z`` has standard deviation ``share_noise_multiplier *
+    max_grad_norm`` (``fedrec.shared.federated.distributed.share_noise_multiplier``); at most
+    ``devices`` replies are summed."""
     scale = 1 / (sample_rate * max_examples)
     return SecureRounding(
-        share_std=scale * noise_multiplier * max_grad_norm / math.sqrt(noise_shares),
+        share_std=scale * share_noise_multiplier * max_grad_norm,
         level=2 * CLIPPING_RANGE / QUANTIZATION_LEVELS,
         devices=devices,
         signal_bound=scale * max_grad_norm * max_examples,
