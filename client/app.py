@@ -26,6 +26,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
+from fedrec.client.frozen_cache import FrozenCache
 from fedrec.client.secure_aggregation import secure_aggregation_mod
 from fedrec.client.store import EncryptedStore, StoreNotFoundError
 from fedrec.shared.evaluation.harness import rank_users
@@ -34,7 +35,7 @@ from fedrec.shared.federated.distributed import gradient_share, plan_step
 from fedrec.shared.federated.examples import DeviceExamples
 from fedrec.shared.federated.ledger import LedgerEntry, PrivacyLedger, epsilon_of
 from fedrec.shared.federated.local import PrivacyConfig, RoundPlan, plan_round, train_local
-from fedrec.shared.federated.records import FROZEN_RECORD
+from fedrec.shared.federated.records import FROZEN_DIGEST_KEY, FROZEN_RECORD, frozen_digest
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.model.network import Recommender, split_state
 from fedrec.simulations.canaries import make_canaries, plant
@@ -90,30 +91,57 @@ def device_partition(context: Context, settings: FederationSettings) -> int:
     return partition
 
 
-def _global_network(settings: FederationSettings, content: RecordDict) -> Recommender:
+def _global_network(
+    settings: FederationSettings, content: RecordDict, cache: FrozenCache
+) -> Recommender:
     """The global weights: the parts the federation trains (``arrays``) and, when it trains
-    only some, the frozen rest (``frozen``, from ``FrozenPartsStrategy``); a ValueError when
-    the message lacks them or they are not this network's finite float weights."""
+    only some, the frozen rest (``_frozen_parts``); a ValueError when the message lacks them
+    or they are not this network's finite float weights."""
     if "arrays" not in content.array_records:
         raise ValueError("the message holds no global weights (no 'arrays' record)")
-    records = [content.array_records["arrays"]]
-    if FROZEN_RECORD in content.array_records:
-        records.append(content.array_records[FROZEN_RECORD])
+    trained = {name: array.numpy() for name, array in content.array_records["arrays"].items()}
+    frozen, carried = _frozen_parts(content, cache)
     state: dict[str, torch.Tensor] = {}
-    for record in records:
-        for name, array in record.items():
-            value = array.numpy()
-            if name in state:
-                raise ValueError(f"the message sends weight {name!r} twice")
-            if value.dtype.kind != "f" or not np.isfinite(value).all():
-                raise ValueError(f"the message's weight {name!r} is not finite floats")
-            state[name] = torch.tensor(value)
+    for name, value in [*trained.items(), *frozen.items()]:
+        if name in state:
+            raise ValueError(f"the message sends weight {name!r} twice")
+        if value.dtype.kind != "f" or not np.isfinite(value).all():
+            raise ValueError(f"the message's weight {name!r} is not finite floats")
+        state[name] = torch.tensor(value)
     network = Recommender(settings.model)
     try:
         network.load_state_dict(state)
     except RuntimeError as err:
         raise ValueError(f"the message's weights are not this run's network: {err}") from None
+    if carried:
+        cache.save(frozen)
     return network
+
+
+def _frozen_parts(content: RecordDict, cache: FrozenCache) -> tuple[dict[str, np.ndarray], bool]:
+    """The frozen weights a request names, and whether the device should keep them: those it
+    carries (to keep when it names their digest, which they must match), else the device's
+    copy with the digest it names (``cache``); none when it names none. A ValueError when the
+    carried weights are not those the digest names, or the device has no copy of them (the
+    server then sends them with its next request)."""
+    config = content.config_records.get("config")
+    digest = None if config is None else config.get(FROZEN_DIGEST_KEY)
+    if digest is not None and not isinstance(digest, str):
+        raise ValueError(f"{FROZEN_DIGEST_KEY} must be a string, got {digest!r}")
+    if FROZEN_RECORD in content.array_records:
+        frozen = {name: a.numpy() for name, a in content.array_records[FROZEN_RECORD].items()}
+        if digest is not None and frozen_digest(frozen) != digest:
+            raise ValueError("the frozen weights sent are not those their digest names")
+        return frozen, digest is not None
+    if digest is None:
+        return {}, False
+    kept = cache.load(digest)
+    if kept is None:
+        raise ValueError(
+            f"the request sends no frozen weights and this device holds none with digest "
+            f"{digest[:16]}...: the server sends them with its next request"
+        )
+    return kept, False
 
 
 def train_device(settings: FederationSettings, partition: int, content: RecordDict) -> RecordDict:
@@ -123,13 +151,13 @@ def train_device(settings: FederationSettings, partition: int, content: RecordDi
     which device it is (``device``: its partition id, which a restart keeps, unlike Flower's
     node id)."""
     world = federation_world(settings)
-    user = world.user_of(partition)
-    network = _global_network(settings, content)
+    user_id = world.split.dataset.user_ids[world.user_of(partition)]
+    network = _global_network(settings, content, _frozen_cache(settings, user_id))
     config = content.config_records.get("config")
     server_round = None if config is None else config.get("server-round")
     if not isinstance(server_round, int) or isinstance(server_round, bool) or server_round < 1:
         raise ValueError(f"server-round must be an integer >= 1, got {server_round!r}")
-    store = _device_store(settings, world.split.dataset.user_ids[user])
+    store = _device_store(settings, user_id)
     ledger = _ledger(store)
     privacy = settings.privacy
     examples = world.examples(partition, settings.local)
@@ -262,7 +290,8 @@ def evaluate_device(
         )
     world = federation_world(settings)
     position = world.position_of(partition)
-    scorer = world.recommender(_global_network(settings, content), "device")
+    cache = _frozen_cache(settings, world.split.dataset.user_ids[world.user_of(partition)])
+    scorer = world.recommender(_global_network(settings, content, cache), "device")
     ranks, top = rank_users(scorer, world.split, np.array([position]))
     metrics = point_estimates(ranks, top, world.split.num_items)
     del metrics["coverage@10"]  # a catalog-wide figure, meaningless for one device
@@ -273,6 +302,10 @@ def evaluate_device(
 def device_folder(out: Path, user_id: str) -> Path:
     """Where the simulated device of ``user_id`` keeps its store in run folder ``out``."""
     return out / "devices" / user_id
+
+
+def _frozen_cache(settings: FederationSettings, user_id: str) -> FrozenCache:
+    return FrozenCache(device_folder(Path(settings.out), user_id))
 
 
 def _device_store(settings: FederationSettings, user_id: str) -> EncryptedStore:

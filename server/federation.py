@@ -212,7 +212,9 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
         )
     sampling = sampling_strategy(settings, validated)
     strategy = BudgetStrategy(
-        FrozenPartsStrategy(sampling, frozen), sampling.partitions, out_of_budget(out, settings)
+        FrozenPartsStrategy(sampling, frozen, send_once=not settings.secure_aggregation),
+        sampling.partitions,
+        out_of_budget(out, settings),
     )
     key = _signing_key(out)
     secure = secure_workflow(settings, timeout=3600) if settings.secure_aggregation else None

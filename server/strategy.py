@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedrec.shared.federated.records import FROZEN_RECORD
+from fedrec.shared.federated.records import FROZEN_DIGEST_KEY, FROZEN_RECORD, frozen_digest
 from fedrec.shared.federated.schedule import SCHEDULES, schedule_share
 from fedrec.shared.federated.validation import too_few_updates, update_problem, weight_problem
 
@@ -459,26 +459,64 @@ class BudgetStrategy(WrappedStrategy):
 
 class FrozenPartsStrategy(WrappedStrategy):
     """Delegates to ``inner``, which sees only the parts of the network the federation trains,
-    and adds the frozen rest (``frozen``) to every training and evaluation request, so devices
-    can load the whole network while they send back, and ``inner`` aggregates, only what they
-    train."""
+    and adds the frozen rest (``frozen``) to training and evaluation requests, so devices can
+    load the whole network while they send back, and ``inner`` aggregates, only what they
+    train. With ``send_once`` a request also names the frozen weights' digest, and carries
+    the weights themselves only to a device that has not yet answered a request that carried
+    them (``holders``; a device whose answer fails is sent them again); the device keeps a
+    copy (``fedrec.client.frozen_cache``). Without it every request carries them (secure
+    aggregation sends every device one payload)."""
 
-    def __init__(self, inner: Strategy, frozen: ArrayRecord) -> None:
+    def __init__(self, inner: Strategy, frozen: ArrayRecord, send_once: bool = True) -> None:
         super().__init__(inner)
         self.frozen = frozen
+        self.digest = frozen_digest(record_arrays(frozen)) if send_once and len(frozen) else None
+        #: the nodes that answered a request carrying the frozen weights, or since
+        self.holders: set[int] = set()
+        self._carried: set[int] = set()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         return self._with_frozen(super().configure_train(server_round, arrays, config, grid))
 
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return super().aggregate_train(server_round, self._note_holders(replies))
+
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         return self._with_frozen(super().configure_evaluate(server_round, arrays, config, grid))
 
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return super().aggregate_evaluate(server_round, self._note_holders(replies))
+
     def _with_frozen(self, messages: Iterable[Message]) -> list[Message]:
         messages = list(messages)
+        if self.digest is None:
+            for message in messages:
+                message.content[FROZEN_RECORD] = self.frozen
+            return messages
         for message in messages:
-            message.content[FROZEN_RECORD] = self.frozen
+            content = RecordDict(dict(message.content.items()))
+            config = content.config_records.get("config", ConfigRecord())
+            content["config"] = ConfigRecord({**config, FROZEN_DIGEST_KEY: self.digest})
+            if message.metadata.dst_node_id not in self.holders:
+                content[FROZEN_RECORD] = self.frozen
+                self._carried.add(message.metadata.dst_node_id)
+            message.content = content
         return messages
+
+    def _note_holders(self, replies: Iterable[Message]) -> list[Message]:
+        replies = list(replies)
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                self.holders.discard(node)
+            elif node in self._carried:
+                self.holders.add(node)
+        return replies

@@ -27,6 +27,7 @@ from flwr.serverapp.strategy import FedAdam
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from fedrec.client.app import LEDGER_RECORD
+from fedrec.client.frozen_cache import FROZEN_FILE
 from fedrec.client.store import STORE_FILE, EncryptedStore
 from fedrec.server.checkpoint import (
     CHECKPOINT,
@@ -51,9 +52,16 @@ from fedrec.shared.evaluation.harness import rank_users
 from fedrec.shared.evaluation.metrics import point_estimates
 from fedrec.shared.federated.ledger import PrivacyLedger, epsilon_of
 from fedrec.shared.federated.local import RDP_ORDERS, LocalConfig, PrivacyConfig, plan_noise
+from fedrec.shared.federated.records import FROZEN_DIGEST_KEY, FROZEN_RECORD
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.federated.user_level import UserPrivacyConfig
-from fedrec.shared.model.network import ModelConfig, Recommender, initial_network, trained_names
+from fedrec.shared.model.network import (
+    ModelConfig,
+    Recommender,
+    initial_network,
+    split_state,
+    trained_names,
+)
 from fedrec.shared.model.training import NetworkRecommender
 from fedrec.simulations import run as simulation_run
 from fedrec.simulations.keys import SECRET_FILE, device_key
@@ -116,6 +124,26 @@ class NoisesRecorded:
         return call_next(msg, context)
 
 
+class RecordFrozen:
+    """A client mod that notes, for every training and evaluation request, whether it carried
+    the frozen weights (``carried``) or only named their digest (``named``)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        if msg.metadata.message_type not in ("train", "evaluate"):
+            return call_next(msg, context)
+        partition = int(context.node_config["partition-id"])
+        server_round = int(msg.content.config_records["config"]["server-round"])
+        carried = FROZEN_RECORD in msg.content.array_records
+        named = FROZEN_DIGEST_KEY in msg.content.config_records["config"]
+        self.folder.mkdir(exist_ok=True)
+        path = self.folder / f"{partition}-round{server_round}-{msg.metadata.message_type}"
+        path.write_text(f"{'carried' if carried else ''}{' named' if named else ''}".strip())
+        return call_next(msg, context)
+
+
 def small_federation(out: Path, **overrides: Any) -> FederationSettings:
     """A federation of ``DEVICES`` devices on the demo data with a tiny network that trains
     ``TRAINED``, writing to ``out``; ``overrides`` set the rest (or replace those)."""
@@ -138,7 +166,12 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
         out, rounds=2, user_privacy=UserPrivacyConfig(enabled=True), evaluate_outside_dp=True
     )
     with pytest.MonkeyPatch.context() as patch:
-        mods = Capture(out / "captured"), RecordPriority(out / "priorities"), NoisesRecorded(out)
+        mods = (
+            RecordFrozen(out / "frozen"),
+            Capture(out / "captured"),
+            RecordPriority(out / "priorities"),
+            NoisesRecorded(out),
+        )
         wrap_devices(patch, *mods)
         summary = simulation_run.simulate(settings)
     return settings, summary, out
@@ -236,6 +269,33 @@ def test_devices_send_only_the_trained_parts_and_the_rest_stays_as_initialised(
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     trained_bytes = sum(initial[name].numel() * 4 for name in trained)
     assert lines[-1]["bytes_up"] == trained_bytes * lines[-1]["devices"]
+
+
+def test_devices_are_sent_the_frozen_parts_until_they_answer_a_request_that_carried_them(
+    run: Run,
+) -> None:
+    settings, _, out = run
+    seen = {path.name: path.read_text() for path in (out / "frozen").iterdir()}
+    # device 0 failed every request of round 1 (offline), so round 2 carries them to it again
+    assert seen == {
+        **{f"{p}-round1-train": "carried named" for p in range(DEVICES)},
+        "0-round1-evaluate": "carried named",
+        **{f"{p}-round1-evaluate": "named" for p in (1, 2)},
+        "0-round2-train": "carried named",
+        **{f"{p}-round2-train": "named" for p in (1, 2)},
+        **{f"{p}-round2-evaluate": "named" for p in range(DEVICES)},
+    }
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    _, frozen = split_state(initial_network(settings.model, settings.seed), TRAINED)
+    frozen_bytes = sum(value.numel() * 4 for value in frozen.values())
+    assert lines[0]["bytes_down"] - lines[1]["bytes_down"] == 2 * frozen_bytes
+    world = load_world(settings.data, settings.devices)
+    for partition in range(DEVICES):
+        user_id = world.split.dataset.user_ids[world.user_of(partition)]
+        with np.load(out / "devices" / user_id / FROZEN_FILE) as kept:
+            assert set(kept.files) == set(frozen)
+            for name, value in frozen.items():
+                np.testing.assert_array_equal(kept[name], value.numpy())
 
 
 @pytest.mark.parametrize("kind", ["run", "distributed_run"])

@@ -1,11 +1,37 @@
 """Names of the records in the messages between the server and the devices, beyond Flower's
-own ``arrays`` (the weights a strategy aggregates) and ``metrics``."""
+own ``arrays`` (the weights a strategy aggregates) and ``metrics``, and the digest that names
+the frozen weights."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+
+import numpy as np
+import numpy.typing as npt
 
 #: The global weights of the parts a federation does not train: devices load them, never send
-#: them back, and the strategies never aggregate them.
+#: them back, and the strategies never aggregate them. They do not change during a run, so the
+#: server sends them to a device until it has answered a request that carried them; after that
+#: it sends only their digest (``FROZEN_DIGEST_KEY``), and the device loads its copy.
 FROZEN_RECORD = "frozen"
+
+#: The key, in a request's ``config`` record, of the digest of the frozen weights
+#: (``frozen_digest``) the device must build its network with.
+FROZEN_DIGEST_KEY = "frozen-digest"
 
 #: The ``FitIns`` config keys of a secure round (SecAgg+ speaks Flower's legacy records): the
 #: round, the names of the arrays sent (in order, one per line) and how many of the first are
 #: trained (the rest are frozen).
 SECURE_ROUND_KEY, SECURE_NAMES_KEY, SECURE_TRAINED_KEY = "server-round", "names", "trained"
+
+
+def frozen_digest(arrays: Mapping[str, npt.NDArray[np.generic]]) -> str:
+    """SHA-256, in hex, of named arrays: their names, dtypes, shapes and values, by name."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        header = f"{name}\0{array.dtype.str}\0{array.shape}\0".encode()
+        digest.update(len(header).to_bytes(8, "big") + header)
+        digest.update(array.nbytes.to_bytes(8, "big") + array.tobytes())
+    return digest.hexdigest()
