@@ -35,7 +35,12 @@ from fedrec.shared.federated.distributed import gradient_share, plan_step
 from fedrec.shared.federated.examples import DeviceExamples
 from fedrec.shared.federated.ledger import LedgerEntry, PrivacyLedger, epsilon_of
 from fedrec.shared.federated.local import PrivacyConfig, RoundPlan, plan_round, train_local
-from fedrec.shared.federated.records import FROZEN_DIGEST_KEY, FROZEN_RECORD, frozen_digest
+from fedrec.shared.federated.records import (
+    FROZEN_DIGEST_KEY,
+    FROZEN_RECORD,
+    frozen_digest,
+    record_arrays,
+)
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.model.network import Recommender, split_state
 from fedrec.simulations.canaries import make_canaries, plant
@@ -99,7 +104,7 @@ def _global_network(
     or they are not this network's finite float weights."""
     if "arrays" not in content.array_records:
         raise ValueError("the message holds no global weights (no 'arrays' record)")
-    trained = {name: array.numpy() for name, array in content.array_records["arrays"].items()}
+    trained = record_arrays(content.array_records["arrays"])
     frozen, carried = _frozen_parts(content, cache)
     state: dict[str, torch.Tensor] = {}
     for name, value in [*trained.items(), *frozen.items()]:
@@ -129,7 +134,7 @@ def _frozen_parts(content: RecordDict, cache: FrozenCache) -> tuple[dict[str, np
     if digest is not None and not isinstance(digest, str):
         raise ValueError(f"{FROZEN_DIGEST_KEY} must be a string, got {digest!r}")
     if FROZEN_RECORD in content.array_records:
-        frozen = {name: a.numpy() for name, a in content.array_records[FROZEN_RECORD].items()}
+        frozen = record_arrays(content.array_records[FROZEN_RECORD])
         if digest is not None and frozen_digest(frozen) != digest:
             raise ValueError("the frozen weights sent are not those their digest names")
         return frozen, digest is not None

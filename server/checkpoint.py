@@ -15,7 +15,8 @@ import torch
 from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import FedAdam
 
-from fedrec.server.strategy import array_record, record_arrays
+from fedrec.server.strategy import array_record
+from fedrec.shared.federated.records import record_arrays
 from fedrec.shared.federated.settings import RESUMABLE_KEYS, FederationSettings, resume_conflicts
 from fedrec.shared.files import read_json, write_atomic, write_json
 from fedrec.shared.model.network import Recommender

@@ -50,7 +50,6 @@ from fedrec.server.strategy import (
     SeededSamplingStrategy,
     ValidatedStrategy,
     array_record,
-    record_arrays,
     record_nbytes,
 )
 from fedrec.shared.bundle import (
@@ -61,7 +60,7 @@ from fedrec.shared.bundle import (
     sign_bundle,
 )
 from fedrec.shared.evaluation.harness import EvaluationConfig, evaluate
-from fedrec.shared.federated.records import FROZEN_RECORD
+from fedrec.shared.federated.records import FROZEN_RECORD, record_arrays
 from fedrec.shared.federated.settings import USER_DP_TRAINED, FederationSettings
 from fedrec.shared.federated.user_level import (
     plan_user_noise,

@@ -38,13 +38,14 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from fedrec.server.strategy import array_record, record_arrays, record_nbytes
+from fedrec.server.strategy import array_record, record_nbytes
 from fedrec.shared.federated.masked_vectors import unpack_masked_vectors
 from fedrec.shared.federated.records import (
     FROZEN_RECORD,
     SECURE_NAMES_KEY,
     SECURE_ROUND_KEY,
     SECURE_TRAINED_KEY,
+    record_arrays,
 )
 from fedrec.shared.federated.secure_masks import use_secure_masks
 from fedrec.shared.federated.secure_rounding import CLIPPING_RANGE, QUANTIZATION_LEVELS

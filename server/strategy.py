@@ -15,16 +15,16 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedrec.shared.federated.records import FROZEN_DIGEST_KEY, FROZEN_RECORD, frozen_digest
+from fedrec.shared.federated.records import (
+    FROZEN_DIGEST_KEY,
+    FROZEN_RECORD,
+    frozen_digest,
+    record_arrays,
+)
 from fedrec.shared.federated.schedule import SCHEDULES, schedule_share
 from fedrec.shared.federated.validation import too_few_updates, update_problem, weight_problem
 
 logger = logging.getLogger(__name__)
-
-
-def record_arrays(record: ArrayRecord) -> dict[str, npt.NDArray[np.generic]]:
-    """An ArrayRecord as numpy arrays by name."""
-    return {name: array.numpy() for name, array in record.items()}
 
 
 def record_nbytes(record: ArrayRecord | None) -> int:
@@ -471,9 +471,8 @@ class FrozenPartsStrategy(WrappedStrategy):
         super().__init__(inner)
         self.frozen = frozen
         self.digest = frozen_digest(record_arrays(frozen)) if send_once and len(frozen) else None
-        #: the nodes that answered a request carrying the frozen weights, or since
+        #: the nodes that answered a request carrying the frozen weights, and none failed since
         self.holders: set[int] = set()
-        self._carried: set[int] = set()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -507,16 +506,14 @@ class FrozenPartsStrategy(WrappedStrategy):
             content["config"] = ConfigRecord({**config, FROZEN_DIGEST_KEY: self.digest})
             if message.metadata.dst_node_id not in self.holders:
                 content[FROZEN_RECORD] = self.frozen
-                self._carried.add(message.metadata.dst_node_id)
             message.content = content
         return messages
 
     def _note_holders(self, replies: Iterable[Message]) -> list[Message]:
         replies = list(replies)
-        for reply in replies:
-            node = reply.metadata.src_node_id
+        for reply in replies:  # a node answers a request without them only if it holds them
             if reply.has_error():
-                self.holders.discard(node)
-            elif node in self._carried:
-                self.holders.add(node)
+                self.holders.discard(reply.metadata.src_node_id)
+            else:
+                self.holders.add(reply.metadata.src_node_id)
         return replies

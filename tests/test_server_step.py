@@ -27,10 +27,10 @@ from fedrec.server.strategy import (
     ValidatedStrategy,
     WrappedStrategy,
     array_record,
-    record_arrays,
     server_step,
 )
 from fedrec.shared.federated.local import PrivacyConfig
+from fedrec.shared.federated.records import record_arrays
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.federated.user_level import UserPrivacyConfig
 

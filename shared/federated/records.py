@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import numpy.typing as npt
+from flwr.app import ArrayRecord
 
 #: The global weights of the parts a federation does not train: devices load them, never send
 #: them back, and the strategies never aggregate them. They do not change during a run, so the
@@ -24,6 +25,11 @@ FROZEN_DIGEST_KEY = "frozen-digest"
 #: round, the names of the arrays sent (in order, one per line) and how many of the first are
 #: trained (the rest are frozen).
 SECURE_ROUND_KEY, SECURE_NAMES_KEY, SECURE_TRAINED_KEY = "server-round", "names", "trained"
+
+
+def record_arrays(record: ArrayRecord) -> dict[str, npt.NDArray[np.generic]]:
+    """An ArrayRecord as numpy arrays by name."""
+    return {name: array.numpy() for name, array in record.items()}
 
 
 def frozen_digest(arrays: Mapping[str, npt.NDArray[np.generic]]) -> str:
