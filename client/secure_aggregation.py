@@ -29,6 +29,7 @@ from flwr.compat.common import recorddict_compat as compat
 
 from fedrec.shared.federated.masked_vectors import pack_masked_vectors
 from fedrec.shared.federated.records import (
+    FROZEN_DIGEST_KEY,
     FROZEN_RECORD,
     SECURE_NAMES_KEY,
     SECURE_ROUND_KEY,
@@ -53,13 +54,16 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
 def _named(call_next: ClientAppCallable) -> ClientAppCallable:
     def train(msg: Message, context: Context) -> Message:
         request = unpack_request(msg.content)
-        msg.content = RecordDict(
-            {
-                "arrays": ArrayRecord({n: Array(a) for n, a in request.trained.items()}),
-                FROZEN_RECORD: ArrayRecord({n: Array(a) for n, a in request.frozen.items()}),
-                "config": ConfigRecord({SECURE_ROUND_KEY: request.server_round}),
-            }
+        config: dict[str, int | str] = {SECURE_ROUND_KEY: request.server_round}
+        content = RecordDict(
+            {"arrays": ArrayRecord({n: Array(a) for n, a in request.trained.items()})}
         )
+        if request.frozen:
+            content[FROZEN_RECORD] = ArrayRecord({n: Array(a) for n, a in request.frozen.items()})
+        if request.frozen_digest is not None:
+            config[FROZEN_DIGEST_KEY] = request.frozen_digest
+        content["config"] = ConfigRecord(config)
+        msg.content = content
         reply = call_next(msg, context)
         return Message(pack_reply(reply.content, request.trained), reply_to=msg)
 
@@ -68,17 +72,23 @@ def _named(call_next: ClientAppCallable) -> ClientAppCallable:
 
 @dataclass(frozen=True)
 class SecureRequest:
-    """A secure round's training request: its round and the global weights, named."""
+    """A secure round's training request: its round, the global weights, named (the frozen
+    ones only if it carries them), and the digest of the frozen weights if it names one."""
 
     server_round: int
     trained: dict[str, np.ndarray]
     frozen: dict[str, np.ndarray]
+    frozen_digest: str | None = None
 
 
 def unpack_request(content: RecordDict) -> SecureRequest:
     """A secure round's ``FitIns`` as fedrec's request; a ValueError when its config lacks
-    the round, the names or the trained count, or the names do not match the arrays."""
+    the round, the names or the trained count, the names do not match the arrays, or the
+    digest is not text."""
     fitins = compat.recorddict_to_fitins(content, keep_input=True)
+    digest = fitins.config.get(FROZEN_DIGEST_KEY)
+    if digest is not None and not isinstance(digest, str):
+        raise ValueError(f"{FROZEN_DIGEST_KEY} must be a string, got {digest!r}")
     server_round, names, trained = (
         fitins.config.get(key) for key in (SECURE_ROUND_KEY, SECURE_NAMES_KEY, SECURE_TRAINED_KEY)
     )
@@ -99,6 +109,7 @@ def unpack_request(content: RecordDict) -> SecureRequest:
         server_round,
         trained={n: weights[n] for n in named[:trained]},
         frozen={n: weights[n] for n in named[trained:]},
+        frozen_digest=digest,
     )
 
 

@@ -211,7 +211,7 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
         )
     sampling = sampling_strategy(settings, validated)
     strategy = BudgetStrategy(
-        FrozenPartsStrategy(sampling, frozen, send_once=not settings.secure_aggregation),
+        FrozenPartsStrategy(sampling, frozen),
         sampling.partitions,
         out_of_budget(out, settings),
     )

@@ -41,6 +41,7 @@ from flwr.supercore.run import Run
 from fedrec.server.strategy import array_record, record_nbytes
 from fedrec.shared.federated.masked_vectors import unpack_masked_vectors
 from fedrec.shared.federated.records import (
+    FROZEN_DIGEST_KEY,
     FROZEN_RECORD,
     SECURE_NAMES_KEY,
     SECURE_ROUND_KEY,
@@ -163,34 +164,54 @@ class CountingGrid(Grid):
 
 class _Relay(LegacyStrategy):
     """The legacy strategy SecAgg+ drives: it hands the workflow the round's requests as
-    ``FitIns`` and keeps the unmasked mean with the devices' results. The requests carry one
-    payload (fedrec's strategies send every device the same record), converted once."""
+    ``FitIns`` and keeps the unmasked mean with the devices' results. Every request carries
+    the same trained weights (fedrec's strategies send every device one record); the frozen
+    weights go only with the requests that carry them, and their digest with those that name
+    it (``FrozenPartsStrategy``)."""
 
     def __init__(self, grid: Grid, requests: list[Message]) -> None:
-        contents = {id(m.content) for m in requests}
-        if len(contents) != 1:
+        trained = {id(m.content.array_records["arrays"]) for m in requests}
+        if len(trained) != 1:
             raise ValueError(
-                f"secure aggregation sends one payload to every device, got {len(contents)}"
+                f"secure aggregation sums one set of trained weights, got {len(trained)}"
             )
         self.grid = grid
         self.requests = {m.metadata.dst_node_id: m for m in requests}
         self.results: list[tuple[ClientProxy, FitRes]] = []
-        records = requests[0].content.array_records
-        self.sent = record_arrays(records["arrays"])
-        self.frozen = record_arrays(records.get(FROZEN_RECORD, ArrayRecord()))
+        self.sent = record_arrays(requests[0].content.array_records["arrays"])
+        #: one FitIns per kind of request (with or without the frozen weights), made once
+        self.fitins: dict[tuple[int | None, str | None], FitIns] = {}
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
+        run_id = self.grid.run.run_id
+        return [
+            (GridClientProxy(node, self.grid, run_id), self._fitins(server_round, request))
+            for node, request in self.requests.items()
+        ]
+
+    def _fitins(self, server_round: int, request: Message) -> FitIns:
+        """``request`` as SecAgg+'s ``FitIns``: the trained arrays, then any frozen ones it
+        carries, their names in the config with the round and any digest it names."""
+        content = request.content
+        carried = content.array_records.get(FROZEN_RECORD)
+        named = content.config_records.get("config", ConfigRecord()).get(FROZEN_DIGEST_KEY)
+        digest = named if isinstance(named, str) else None
+        kind = (None if carried is None else id(carried), digest)
+        if kind in self.fitins:
+            return self.fitins[kind]
+        frozen = record_arrays(carried or ArrayRecord())
         config: dict[str, Scalar] = {
             SECURE_ROUND_KEY: server_round,
-            SECURE_NAMES_KEY: "\n".join([*self.sent, *self.frozen]),
+            SECURE_NAMES_KEY: "\n".join([*self.sent, *frozen]),
             SECURE_TRAINED_KEY: len(self.sent),
         }
-        arrays = [*self.sent.values(), *self.frozen.values()]
-        fitins = FitIns(ndarrays_to_parameters(arrays), config)
-        run_id = self.grid.run.run_id
-        return [(GridClientProxy(node, self.grid, run_id), fitins) for node in self.requests]
+        if digest is not None:
+            config[FROZEN_DIGEST_KEY] = digest
+        arrays = [*self.sent.values(), *frozen.values()]
+        self.fitins[kind] = FitIns(ndarrays_to_parameters(arrays), config)
+        return self.fitins[kind]
 
     def aggregate_fit(
         self,

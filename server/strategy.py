@@ -461,16 +461,15 @@ class FrozenPartsStrategy(WrappedStrategy):
     """Delegates to ``inner``, which sees only the parts of the network the federation trains,
     and adds the frozen rest (``frozen``) to training and evaluation requests, so devices can
     load the whole network while they send back, and ``inner`` aggregates, only what they
-    train. With ``send_once`` a request also names the frozen weights' digest, and carries
-    the weights themselves only to a device that has not yet answered a request that carried
-    them (``holders``; a device whose answer fails is sent them again); the device keeps a
-    copy (``fedrec.client.frozen_cache``). Without it every request carries them (secure
-    aggregation sends every device one payload)."""
+    train. Every request names the frozen weights' digest, and carries the weights themselves
+    only to a device that has not yet answered a request that carried them (``holders``; a
+    device whose answer fails is sent them again); the device keeps a copy
+    (``fedrec.client.frozen_cache``)."""
 
-    def __init__(self, inner: Strategy, frozen: ArrayRecord, send_once: bool = True) -> None:
+    def __init__(self, inner: Strategy, frozen: ArrayRecord) -> None:
         super().__init__(inner)
         self.frozen = frozen
-        self.digest = frozen_digest(record_arrays(frozen)) if send_once and len(frozen) else None
+        self.digest = frozen_digest(record_arrays(frozen)) if len(frozen) else None
         #: the nodes that answered a request carrying the frozen weights, and none failed since
         self.holders: set[int] = set()
 
@@ -496,9 +495,7 @@ class FrozenPartsStrategy(WrappedStrategy):
 
     def _with_frozen(self, messages: Iterable[Message]) -> list[Message]:
         messages = list(messages)
-        if self.digest is None:
-            for message in messages:
-                message.content[FROZEN_RECORD] = self.frozen
+        if self.digest is None:  # the federation trains every part
             return messages
         for message in messages:
             content = RecordDict(dict(message.content.items()))

@@ -151,8 +151,3 @@ def test_the_server_sends_the_frozen_weights_until_a_device_answered_a_request_w
     strategy.aggregate_train(2, [Message(error=Error(code=0, reason="lost"), reply_to=second[0])])
     third = list(strategy.configure_train(3, weights, ConfigRecord(), NO_GRID))
     assert carried(third) == {1: True, 2: True, 3: True}
-    always = FrozenPartsStrategy(_Fixed(), array_record(ARRAYS), send_once=False)
-    requests = list(always.configure_train(1, weights, ConfigRecord(), NO_GRID))
-    assert always.digest is None
-    assert all(FROZEN_RECORD in m.content.array_records for m in requests)
-    assert all(FROZEN_DIGEST_KEY not in m.content.config_records["config"] for m in requests)

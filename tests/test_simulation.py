@@ -28,6 +28,7 @@ from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from fedrec.client.app import LEDGER_RECORD
 from fedrec.client.frozen_cache import FROZEN_FILE
+from fedrec.client.secure_aggregation import unpack_request
 from fedrec.client.store import STORE_FILE, EncryptedStore
 from fedrec.server.checkpoint import (
     CHECKPOINT,
@@ -52,7 +53,7 @@ from fedrec.shared.evaluation.harness import rank_users
 from fedrec.shared.evaluation.metrics import point_estimates
 from fedrec.shared.federated.ledger import PrivacyLedger, epsilon_of
 from fedrec.shared.federated.local import RDP_ORDERS, LocalConfig, PrivacyConfig, plan_noise
-from fedrec.shared.federated.records import FROZEN_DIGEST_KEY, FROZEN_RECORD
+from fedrec.shared.federated.records import FROZEN_DIGEST_KEY, FROZEN_RECORD, frozen_digest
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.federated.user_level import UserPrivacyConfig
 from fedrec.shared.model.network import (
@@ -903,7 +904,8 @@ SECURE_DEVICES = 5
 
 class SecureCapture:
     """A client mod, outside the device's SecAgg+ mod: keeps what every training reply
-    carries, and makes device 0 drop out before it sends its masked update in round 1 and
+    carries, notes whether each request to train carried the frozen weights or named their
+    digest, and makes device 0 drop out before it sends its masked update in round 1 and
     device 1 after it, before unmasking, in round 2."""
 
     def __init__(self, folder: Path) -> None:
@@ -915,6 +917,11 @@ class SecureCapture:
         stage = None if configs is None else configs[Key.STAGE]
         group = msg.metadata.group_id
         server_round = int(group) if group.isdigit() else 0
+        if stage == Stage.COLLECT_MASKED_VECTORS:
+            request = unpack_request(msg.content)
+            noted = f"{'carried' if request.frozen else ''} {request.frozen_digest or ''}"
+            (self.folder / "requests").mkdir(parents=True, exist_ok=True)
+            (self.folder / "requests" / f"{partition}-round{server_round}").write_text(noted)
         if (partition, server_round, stage) in (
             (0, 1, Stage.COLLECT_MASKED_VECTORS),
             (1, 2, Stage.UNMASK),
@@ -1023,6 +1030,26 @@ def test_no_device_sends_its_update_in_the_clear(
             assert sum(v.size for v in vectors) == trained + 1  # the update and its weight
             assert set(sent["configs"]["fitres.metrics"]) >= {"num-examples", "epsilon", "device"}
     assert masked == 2 * SECURE_DEVICES - 1  # device 0 left round 1 before sending its update
+
+
+def test_secure_rounds_send_the_frozen_parts_to_a_device_until_it_answered_with_them(
+    secure_run: tuple[FederationSettings, Path],
+) -> None:
+    """As without secure aggregation: device 0 left round 1 before its update was summed, so
+    only it is sent the frozen weights again in round 2; the others train from their copies
+    (and round 2 sums all five: ``test_rounds_survive_devices_that_drop_out``)."""
+    settings, out = secure_run
+    network = initial_network(
+        settings.model, settings.seed, federation_world(settings).features.items
+    )
+    _, frozen = split_state(network, settings.local.trained)
+    digest = frozen_digest({name: value.numpy() for name, value in frozen.items()})
+    seen = {p.name: p.read_text() for p in (out / "captured" / "requests").iterdir()}
+    assert seen == {
+        **{f"{p}-round1": f"carried {digest}" for p in range(SECURE_DEVICES)},
+        "0-round2": f"carried {digest}",
+        **{f"{p}-round2": f" {digest}" for p in range(1, SECURE_DEVICES)},
+    }
 
 
 def test_rounds_survive_devices_that_drop_out(secure_run: tuple[FederationSettings, Path]) -> None:
