@@ -68,6 +68,7 @@ _VALUE_LEN = struct.Struct(">Q")
 _JOURNAL_MAGIC = b"FEDRECJL"
 _JOURNAL_HEAD = struct.Struct(">8s16sQ")  # magic, store id, store-file generation it extends
 _FRAME_LEN = struct.Struct(">II")  # ciphertext length, CRC-32 of that length
+_SECTOR = 512  # the least a file system zero-fills at power loss
 
 
 class StoreError(Exception):
@@ -408,25 +409,28 @@ class EncryptedStore:
 
     def _load_journal(self) -> None:
         """Replay the journal's frames over the store file's logs. A frame cut short at the end
-        (a crash mid-append, never acknowledged) is cut off, as is a tail of zeros (an append
-        the file system zero-filled at power loss); a journal the store file already
-        folded in (a crash before it was removed) is removed; any other damage raises."""
+        (a crash mid-append, never acknowledged) is cut off, as is a tail the file system
+        zero-filled at power loss (from a sector boundary to the end: the header too, when the
+        append that wrote it was the first); a journal the store file already folded in (a
+        crash before it was removed) is removed once its first frame authenticates under its
+        header; any other damage raises."""
         try:
             blob = self._journal.read_bytes()
         except FileNotFoundError:
             return
-        if len(blob) < _JOURNAL_HEAD.size:  # the crash came while creating it
+        if len(blob) < _JOURNAL_HEAD.size or not any(blob):  # the crash came while creating it
             self._journal.unlink()
             return
         magic, store_id, extends = _JOURNAL_HEAD.unpack_from(blob)
         if magic != _JOURNAL_MAGIC or store_id != self._header.store_id:
             raise TamperedStoreError(self._journal, "not this store's journal")
-        if extends > self._header.generation:
-            raise TamperedStoreError(
-                self._journal,
-                f"the journal extends a newer {STORE_FILE}: that file was rolled back",
-            )
-        if extends < self._header.generation:
+        if extends != self._header.generation:
+            self._check_first_frame(blob)  # the generation is read before it is authenticated
+            if extends > self._header.generation:
+                raise TamperedStoreError(
+                    self._journal,
+                    f"the journal extends a newer {STORE_FILE}: that file was rolled back",
+                )
             self._journal.unlink()
             return
         head, offset = blob[: _JOURNAL_HEAD.size], _JOURNAL_HEAD.size
@@ -449,6 +453,8 @@ class EncryptedStore:
                     head + _COUNT.pack(frames),
                 )
             except InvalidTag:
+                if _zero_filled_from(blob, offset):  # the last append, partly zero-filled
+                    break
                 raise TamperedStoreError(
                     self._journal, f"journal frame {frames} failed authentication"
                 ) from None
@@ -462,6 +468,26 @@ class EncryptedStore:
         if offset < len(blob):
             os.truncate(self._journal, offset)
         self._frames, self._journal_size = frames, offset
+
+    def _check_first_frame(self, blob: bytes) -> None:
+        """Raise unless the journal's first frame is whole and authenticates under its header
+        (its generation included)."""
+        offset = _JOURNAL_HEAD.size
+        start = offset + _FRAME_LEN.size + _NONCE_BYTES
+        try:
+            length, check = _FRAME_LEN.unpack_from(blob, offset)
+            if check != _length_check(length) or start + length > len(blob):
+                raise ValueError("frame 0 is cut short or its length is damaged")
+            self._aead.decrypt(
+                blob[start - _NONCE_BYTES : start],
+                blob[start : start + length],
+                blob[:offset] + _COUNT.pack(0),
+            )
+        except (struct.error, ValueError, InvalidTag):
+            raise TamperedStoreError(
+                self._journal,
+                "the journal's header is damaged (its first frame fails authentication)",
+            ) from None
 
     def _refuse_kind(
         self, names: Mapping[str, object], other: Mapping[str, object], kind: str
@@ -693,6 +719,14 @@ def _decode_value(plain: bytes, offset: int) -> tuple[bytes, int]:
 
 def _temp_files(directory: Path) -> list[Path]:
     return list(directory.glob(f"{_TMP_PREFIX}*{_TMP_SUFFIX}"))
+
+
+def _zero_filled_from(blob: bytes, offset: int) -> bool:
+    """Whether ``blob`` is zeros from a sector boundary after ``offset`` to its end, as a file
+    system leaves the blocks of an append it had not written when the power went."""
+    zeros = len(blob) - len(blob.rstrip(b"\0"))
+    boundary = -(-max(len(blob) - zeros, offset + 1) // _SECTOR) * _SECTOR
+    return boundary < len(blob)
 
 
 def _length_check(length: int) -> int:

@@ -436,6 +436,48 @@ def test_a_zero_filled_last_append_is_cut_off(store: EncryptedStore) -> None:
     assert EncryptedStore(store.path, KEY).entries("events") == [b"e1", b"e2", b"e3"]
 
 
+def test_a_first_append_zero_filled_with_its_header_is_cut_off(store: EncryptedStore) -> None:
+    """The first append after a fold writes the journal's header with its frame: zero-filled
+    at power loss, the whole journal is zeros, an append never acknowledged."""
+    store.append("events", b"e1")
+    store.compact()
+    store.append("events", b"e2")
+    file = journal_file(store)
+    file.write_bytes(bytes(file.stat().st_size))
+    reopened = EncryptedStore(store.path, KEY)
+    assert reopened.entries("events") == [b"e1"] and not file.exists()
+    reopened.append("events", b"e3")
+    assert EncryptedStore(store.path, KEY).entries("events") == [b"e1", b"e3"]
+
+
+def test_a_last_append_zero_filled_from_a_sector_boundary_is_cut_off(
+    store: EncryptedStore,
+) -> None:
+    """Power lost mid-append can leave the blocks not yet written as zeros, from a sector
+    boundary inside the last frame to its end; the frames before it are kept. Zeros that
+    start elsewhere, or damage to an earlier frame, are tampering."""
+    store.append("events", b"e1")
+    file = journal_file(store)
+    size = file.stat().st_size
+    store.append("events", b"x" * 2000)
+    blob = file.read_bytes()
+    boundary = -(-(size + 100) // 512) * 512
+    file.write_bytes(blob[:boundary] + bytes(len(blob) - boundary))
+    reopened = EncryptedStore(store.path, KEY)
+    assert reopened.entries("events") == [b"e1"] and file.stat().st_size == size
+    reopened.append("events", b"e3")
+    assert EncryptedStore(store.path, KEY).entries("events") == [b"e1", b"e3"]
+    blob = file.read_bytes()
+    damaged = bytearray(blob)
+    damaged[size + 40] ^= 1  # inside the last frame, not zeros to the end
+    file.write_bytes(bytes(damaged))
+    with pytest.raises(TamperedStoreError, match="journal frame 1 failed authentication"):
+        EncryptedStore(store.path, KEY)
+    file.write_bytes(blob[: size - 8] + bytes(8) + blob[size:])  # an earlier frame's end
+    with pytest.raises(TamperedStoreError, match="journal frame 0 failed authentication"):
+        EncryptedStore(store.path, KEY)
+
+
 def test_a_journal_left_without_its_store_does_not_break_a_new_one(
     store: EncryptedStore,
 ) -> None:
@@ -520,6 +562,25 @@ def test_a_journal_already_folded_in_is_dropped(store: EncryptedStore) -> None:
     reopened = EncryptedStore(store.path, KEY)
     assert reopened.entries("events") == [b"e1"]
     assert not journal_file(store).exists()
+
+
+@pytest.mark.parametrize("bit", [0, 1, 63])
+def test_a_damaged_journal_generation_is_tampering_not_a_folded_journal(
+    store: EncryptedStore, bit: int
+) -> None:
+    """The generation a journal extends is read before anything is authenticated: flipped to
+    an older one, it must not pass for a journal already folded in, which is dropped."""
+    store.put("state", b"v1")
+    for event in (b"e1", b"e2", b"e3"):
+        store.append("events", event)
+    file = journal_file(store)
+    blob = bytearray(file.read_bytes())
+    generation = int.from_bytes(blob[24:32], "big") ^ (1 << bit)
+    blob[24:32] = generation.to_bytes(8, "big")
+    file.write_bytes(bytes(blob))
+    with pytest.raises(TamperedStoreError, match="the journal's header is damaged"):
+        EncryptedStore(store.path, KEY)
+    assert file.read_bytes() == bytes(blob)  # nothing removed
 
 
 def test_a_rolled_back_store_file_under_a_newer_journal_is_tampering(
