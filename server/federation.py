@@ -229,6 +229,15 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
             user_noises.append(noise)
             write_json(out / USER_NOISE, user_noises)
         messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+        if settings.privacy.distributed and len(messages) < settings.noise_shares:
+            logger.warning(
+                "round %d: %d devices to ask, fewer than the %d noise shares distributed DP "
+                "needs in the sum: skipped, asking none",
+                server_round,
+                len(messages),
+                settings.noise_shares,
+            )
+            messages = []
         if secure is None:
             exchange = plain_exchange(grid, messages)
         else:

@@ -14,8 +14,10 @@ reply; SecAgg+ removes the masks of those that dropped out later.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.common import (
@@ -35,6 +37,7 @@ from flwr.server.compat.legacy_context import LegacyContext
 from flwr.server.strategy import Strategy as LegacyStrategy
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
@@ -49,8 +52,14 @@ from fedrec.shared.federated.records import (
     record_arrays,
 )
 from fedrec.shared.federated.secure_masks import use_secure_masks
-from fedrec.shared.federated.secure_rounding import CLIPPING_RANGE, QUANTIZATION_LEVELS
+from fedrec.shared.federated.secure_rounding import (
+    CLIPPING_RANGE,
+    MASK_MODULUS,
+    QUANTIZATION_LEVELS,
+)
 from fedrec.shared.federated.settings import FederationSettings
+
+logger = logging.getLogger(__name__)
 
 #: The error code of a device that left the protocol before its update was summed.
 LEFT_SECURE_AGGREGATION = 1
@@ -69,15 +78,46 @@ class Exchange:
 def secure_workflow(settings: FederationSettings, timeout: float) -> SecAggPlusWorkflow:
     """SecAgg+ with the run's shares and threshold; a device's weight is its example count,
     at most ``local.max_examples`` (what the server's validation allows); values clipped and
-    rounded as ``fedrec.shared.federated.secure_rounding`` bounds it."""
-    return SecAggPlusWorkflow(
+    rounded as ``fedrec.shared.federated.secure_rounding`` bounds it. Under distributed DP it
+    stops before unmasking a sum of fewer updates than ``noise_shares``."""
+    return NoisedSumWorkflow(
+        min_summed=settings.noise_shares if settings.privacy.distributed else 0,
         num_shares=settings.secagg_shares,
         reconstruction_threshold=settings.secagg_threshold,
         max_weight=settings.local.max_examples,
         clipping_range=CLIPPING_RANGE,
         quantization_range=QUANTIZATION_LEVELS,
+        modulus_range=MASK_MODULUS,
         timeout=timeout,
     )
+
+
+class NoisedSumWorkflow(SecAggPlusWorkflow):
+    """SecAgg+ that unmasks the round's sum only when at least ``min_summed`` devices sent a
+    masked update of positive weight. Under distributed DP each such update carries one share
+    of the step's noise, sized for ``noise_shares`` of them: a sum of fewer would reach the
+    server with less noise than every device's ledger accounts. Stopped before the unmask
+    stage, the server holds only masked vectors and learns nothing of the sum."""
+
+    def __init__(self, min_summed: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.min_summed = min_summed
+
+    def collect_masked_vectors_stage(
+        self, grid: Grid, context: LegacyContext, state: WorkflowState
+    ) -> bool:
+        if not super().collect_masked_vectors_stage(grid, context, state):
+            return False
+        summed = sum(fitres.num_examples > 0 for _, fitres in state.legacy_results)
+        if summed < self.min_summed:
+            logger.warning(
+                "secure aggregation stopped before unmasking: %d updates summed, fewer than the "
+                "%d noise shares distributed DP needs in the sum",
+                summed,
+                self.min_summed,
+            )
+            return False
+        return True
 
 
 def secure_exchange(

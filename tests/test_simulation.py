@@ -1073,6 +1073,48 @@ def test_rounds_survive_devices_that_drop_out(secure_run: tuple[FederationSettin
     assert rounding < -1000 and f"adds at most 10^{math.floor(rounding) + 1} to delta" in text
 
 
+class StagesSeen:
+    """A client mod that notes every SecAgg+ stage each device is asked, and makes device 0
+    leave round 1 before it sends its masked update."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+        if configs is None:
+            return call_next(msg, context)
+        partition, stage = int(context.node_config["partition-id"]), configs[Key.STAGE]
+        self.folder.mkdir(exist_ok=True)
+        (self.folder / f"{partition}-round{msg.metadata.group_id}-{stage}").touch()
+        if (partition, msg.metadata.group_id, stage) == (0, "1", Stage.COLLECT_MASKED_VECTORS):
+            raise RuntimeError("device 0 went offline")
+        return call_next(msg, context)
+
+
+def test_a_sum_of_fewer_updates_than_noise_shares_is_never_unmasked(tmp_path: Path) -> None:
+    """Under distributed DP with every one of the five devices' noise shares needed, device 0
+    leaves before its masked update is summed: the sum of the four others would carry less
+    noise than the devices account, so the server stops before asking any device for the
+    shares that unmask it, and the model stays as it was."""
+    privacy = PrivacyConfig(distributed=True, sample_rate=0.5)
+    settings = secure_federation(
+        tmp_path, rounds=1, privacy=privacy, min_update_share=1.0, secure_aggregation=True
+    )
+    assert settings.noise_shares == SECURE_DEVICES
+    with pytest.MonkeyPatch.context() as patch:
+        wrap_devices(patch, StagesSeen(tmp_path / "stages"))
+        simulation_run.simulate(settings)
+    stages = {p.name.rsplit("-", 1)[1] for p in (tmp_path / "stages").iterdir()}
+    assert Stage.COLLECT_MASKED_VECTORS in stages and Stage.UNMASK not in stages
+    (line,) = (json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines())
+    assert (line["devices"], line["failed"], line["applied"]) == (5, 5, False)
+    world = federation_world(settings)
+    initial = initial_network(settings.model, settings.seed, world.features.items).state_dict()
+    for name, value in _checkpoint_weights(tmp_path).items():
+        np.testing.assert_array_equal(value, initial[name].numpy())
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -1080,6 +1122,7 @@ def test_rounds_survive_devices_that_drop_out(secure_run: tuple[FederationSettin
         ({"secagg_shares": 4}, "odd integer >= 3"),
         ({"secagg_threshold": 1}, "above half"),
         ({"secagg_threshold": 3}, "above half"),
+        ({"devices": 3000, "fraction_train": 0.5}, "1500 devices a round would overflow it"),
     ],
 )
 def test_secure_aggregation_settings_that_cannot_work_are_refused(

@@ -40,10 +40,11 @@ from dataclasses import dataclass
 
 from scipy.special import log_ndtr, logsumexp
 
-#: SecAgg+'s clipping range and quantization levels, which
+#: SecAgg+'s clipping range, quantization levels and modulus, which
 #: ``fedrec.server.secure_aggregation.secure_workflow`` gives Flower's ``SecAggPlusWorkflow``.
 CLIPPING_RANGE = 8.0
 QUANTIZATION_LEVELS = 2**22
+MASK_MODULUS = 2**32
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import torch
 
 from fedrec.shared.federated.local import LocalConfig, PrivacyConfig
 from fedrec.shared.federated.schedule import SCHEDULES, Schedule
+from fedrec.shared.federated.secure_rounding import MASK_MODULUS, QUANTIZATION_LEVELS
 from fedrec.shared.federated.user_level import UserPrivacyConfig
 from fedrec.shared.model.network import ALL_PARTS, ModelConfig, Recommender, trained_names
 
@@ -155,6 +156,12 @@ class FederationSettings:
                 f"secagg-threshold must be above half of secagg-shares ({shares}) and below it, "
                 f"got {threshold}: at half or less, a server could rebuild both a device's mask "
                 "and its key"
+            )
+        if self.sampled_devices * QUANTIZATION_LEVELS >= MASK_MODULUS:
+            raise ValueError(
+                f"secure aggregation sums each device's weight, up to {QUANTIZATION_LEVELS} "
+                f"levels, modulo {MASK_MODULUS}: {self.sampled_devices} devices a round would "
+                f"overflow it; sample fewer than {MASK_MODULUS // QUANTIZATION_LEVELS}"
             )
         if self.sampled_devices < shares:
             raise ValueError(
