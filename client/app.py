@@ -38,7 +38,7 @@ from fedrec.shared.federated.local import PrivacyConfig, RoundPlan, plan_round, 
 from fedrec.shared.federated.records import (
     FROZEN_DIGEST_KEY,
     FROZEN_RECORD,
-    frozen_digest,
+    arrays_digest,
     record_arrays,
 )
 from fedrec.shared.federated.settings import FederationSettings
@@ -135,7 +135,7 @@ def _frozen_parts(content: RecordDict, cache: FrozenCache) -> tuple[dict[str, np
         raise ValueError(f"{FROZEN_DIGEST_KEY} must be a string, got {digest!r}")
     if FROZEN_RECORD in content.array_records:
         frozen = record_arrays(content.array_records[FROZEN_RECORD])
-        if digest is not None and frozen_digest(frozen) != digest:
+        if digest is not None and arrays_digest(frozen) != digest:
             raise ValueError("the frozen weights sent are not those their digest names")
         return frozen, digest is not None
     if digest is None:
@@ -152,9 +152,7 @@ def _frozen_parts(content: RecordDict, cache: FrozenCache) -> tuple[dict[str, np
 def train_device(settings: FederationSettings, partition: int, content: RecordDict) -> RecordDict:
     """One round of device ``partition``: the reply's records. Under DP the device refuses
     (a reply without arrays, ``budget-refused`` 1) when the round would take it past its
-    budget, and says in every reply whether it can afford another (``budget-exhausted``) and
-    which device it is (``device``: its partition id, which a restart keeps, unlike Flower's
-    node id)."""
+    budget, and says in every reply whether it can afford another (``budget-exhausted``)."""
     world = federation_world(settings)
     user_id = world.split.dataset.user_ids[world.user_of(partition)]
     network = _global_network(settings, content, _frozen_cache(settings, user_id))
@@ -170,7 +168,9 @@ def train_device(settings: FederationSettings, partition: int, content: RecordDi
         canaries = make_canaries(
             world.split.num_items, settings.devices, settings.canaries, settings.seed
         )
-        examples = plant(examples, canaries, partition, settings.canary_repeats)
+        examples = plant(
+            examples, canaries, partition, settings.canary_repeats, settings.local.max_examples
+        )
     if privacy.distributed:
         plan = plan_step(privacy, settings.planned_participations)
     else:
@@ -178,7 +178,7 @@ def train_device(settings: FederationSettings, partition: int, content: RecordDi
     if privacy.enabled and not _affordable(ledger, plan, privacy):
         logger.info("device %d: round %d would exceed its budget; refused", partition, server_round)
         refusal = {"num-examples": 0, "epsilon": ledger.spent, "device-weight": 1}
-        flags = {"budget-refused": 1, "budget-exhausted": 1, "device": partition}
+        flags = {"budget-refused": 1, "budget-exhausted": 1}
         return RecordDict({"metrics": MetricRecord({**refusal, **flags})})
     seed = settings.seed * 1_000_003 + server_round * 1009 + partition
     num_examples, loss, epsilon, mechanism = _train(
@@ -208,7 +208,6 @@ def train_device(settings: FederationSettings, partition: int, content: RecordDi
             "epsilon": -1.0 if epsilon is None else epsilon,
             "budget-exhausted": int(exhausted),
             "device-weight": 1,  # equal weights under user-level DP
-            "device": partition,  # its budget's key at the server, the same after restarts
         }
     )
     trained, _ = split_state(network, settings.local.trained)

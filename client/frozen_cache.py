@@ -4,7 +4,7 @@ They are public (the server sends them to every device) and do not change during
 device keeps the latest it was sent, in plain ``.npz`` beside its encrypted store, and the
 server sends them again only to a device that has not answered a request carrying them. A copy
 counts only if its digest is the one the server names in each request
-(``fedrec.shared.federated.records.frozen_digest``): a stale, damaged or altered file is
+(``fedrec.shared.federated.records.arrays_digest``): a stale, damaged or altered file is
 ignored, never loaded.
 """
 
@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+from numpy.lib.npyio import NpzFile
 
-from fedrec.shared.federated.records import frozen_digest
+from fedrec.shared.federated.records import arrays_digest
 from fedrec.shared.files import write_atomic
 
 #: The file in a device's folder that holds its copy.
@@ -36,11 +37,14 @@ class FrozenCache:
         """The weights whose digest is ``digest``, or None when the copy is missing, unreadable
         or other weights."""
         try:
-            with np.load(self.file, allow_pickle=False) as saved:
+            saved = np.load(self.file, allow_pickle=False)
+            if not isinstance(saved, NpzFile):  # a lone .npy array in its place
+                return None
+            with saved:
                 arrays: Arrays = {name: saved[name] for name in saved.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        except (OSError, ValueError, EOFError, KeyError, NotImplementedError, zipfile.BadZipFile):
             return None
-        return arrays if frozen_digest(arrays) == digest else None
+        return arrays if arrays_digest(arrays) == digest else None
 
     def save(self, arrays: Arrays) -> None:
         """Keep ``arrays`` in place of any earlier copy (one atomic write)."""

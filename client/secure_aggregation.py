@@ -10,7 +10,7 @@ weights (small numbers, far inside SecAgg+'s clipping range, where whole weights
 with its example count as the weight, and packs the masked values in 4 bytes each
 (``fedrec.shared.federated.masked_vectors``). The masks come from a cryptographic generator
 keyed by the whole secret, not Flower's MT19937 (``fedrec.shared.federated.secure_masks``).
-The reply's metrics (example count, epsilon, budget flags, device id) travel in the clear, as
+The reply's metrics (example count, epsilon, budget flags) travel in the clear, as
 without secure aggregation. Any other message passes through untouched.
 """
 

@@ -60,7 +60,7 @@ from fedrec.shared.bundle import (
     sign_bundle,
 )
 from fedrec.shared.evaluation.harness import EvaluationConfig, evaluate
-from fedrec.shared.federated.records import FROZEN_RECORD, record_arrays
+from fedrec.shared.federated.records import FROZEN_RECORD, record_arrays, train_metrics
 from fedrec.shared.federated.settings import USER_DP_TRAINED, FederationSettings
 from fedrec.shared.federated.user_level import (
     plan_user_noise,
@@ -68,6 +68,7 @@ from fedrec.shared.federated.user_level import (
     user_noise_norm,
 )
 from fedrec.shared.files import (
+    append_line,
     check_output_folder,
     json_number,
     json_object,
@@ -176,6 +177,7 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
     world = federation_world(settings)
     network = initial_network(settings.model, settings.seed, world.features.items)
     done, training, moments = resume(out, network)
+    trim_metrics(out, done)
     if done:
         logger.info("resuming after round %d from %s", done, out / CHECKPOINT)
     first = done + 1
@@ -195,6 +197,7 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
         settings.update_norm_bound,
         settings.usable_update_share,
         settings.local.max_examples,
+        train_metrics(settings.dp),
         noise_shares=settings.noise_shares if settings.privacy.distributed else 0,
     )
     adam = inner_strategy(validated, FedAdam)
@@ -284,14 +287,14 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
             bytes_down=exchange.bytes_down,
         )
         for reply in _ok(replies):
-            metrics = reply.content.metric_records["metrics"]
-            epsilon, device = metrics.get("epsilon"), metrics.get("device")
-            if isinstance(epsilon, int | float) and epsilon >= 0:
-                owner = device if isinstance(device, int) else reply.metadata.src_node_id
-                spent[str(owner)] = float(epsilon)
+            epsilon = reply.content.metric_records["metrics"].get("epsilon")
+            device = sampling.partitions.get(reply.metadata.src_node_id)
+            if isinstance(epsilon, int | float) and epsilon >= 0 and device is not None:
+                spent[str(device)] = float(epsilon)
         write_json(out / BUDGETS, spent, indent=1)
         exhausted = {**_budget_plan(settings), "devices": sorted(strategy.exhausted)}
         write_json(out / OUT_OF_BUDGET, exhausted)
+        append_line(out / METRICS, json.dumps(report.__dict__))  # first: see trim_metrics
         save_checkpoint(
             out,
             network,
@@ -300,8 +303,6 @@ def run_federation(grid: Grid, settings: FederationSettings) -> dict[str, Any]:
             server_round,
             None if momentum is None else momentum.velocity,
         )
-        with (out / METRICS).open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(report.__dict__) + "\n")
         logger.info("round %d: %s", server_round, _brief(report))
         result = {
             **evaluation.to_json(),
@@ -422,6 +423,8 @@ def check_run_folder(out: Path, settings: FederationSettings) -> int:
     check_output_folder(out, "the run folder")
     if not (out / CHECKPOINT).exists():
         earlier = [name for name in (METRICS, SUMMARY) if (out / name).exists()]
+        if earlier == [METRICS] and _only_round_one(out / METRICS):
+            earlier = []  # a round 1 that stopped between its metrics line and its checkpoint
         if earlier:
             raise ValueError(
                 f"{out} holds an earlier run ({', '.join(earlier)}) but not its "
@@ -513,8 +516,8 @@ def _mean_metric(replies: list[Message], name: str) -> float | None:
 def user_level_noise(settings: FederationSettings, spent: list[float], done: int) -> float | None:
     """The server's noise multiplier for the rounds after the ``done`` the checkpoint holds
     under user-level DP (None when off), planned around the noise multipliers ``spent`` of
-    every release so far (one more than ``done`` when a crash came between a round's metrics
-    line and its checkpoint: that round runs again); a ValueError when they leave no budget
+    every release so far (one more than ``done`` when a crash came between recording a
+    round's noise and its checkpoint: that round runs again); a ValueError when they leave no budget
     for more. A finished run keeps its last one."""
     if not settings.user_privacy.enabled:
         return None
@@ -556,6 +559,45 @@ def user_epsilon(settings: FederationSettings, noises: list[float]) -> float:
     return user_level_epsilon(
         noises, settings.devices, settings.sampled_devices, settings.user_privacy.delta
     )
+
+
+def trim_metrics(out: Path, done: int) -> None:
+    """Keep the lines of ``metrics.jsonl`` for the ``done`` rounds the checkpoint holds. A
+    round's line is written before its checkpoint, so a crash between the two leaves a line
+    for a round that runs again, and a crash while writing it a last line cut short: both
+    go. A damaged line before the last is left for ``read_metrics`` to name."""
+    path = out / METRICS
+    lines = _round_lines(path) if path.exists() else None
+    if lines is None:
+        return
+    kept = [line for line, number in lines if number is None or number <= done]
+    total = len(path.read_text(encoding="utf-8").splitlines())
+    if len(kept) < total:
+        logger.info("%s: dropped %d lines after round %d", path, total - len(kept), done)
+        write_atomic(path, "".join(line + "\n" for line in kept).encode(), mode=0o644)
+
+
+def _only_round_one(path: Path) -> bool:
+    """Whether every line of ``path`` is round 1's (the last may be cut short)."""
+    lines = _round_lines(path)
+    return lines is not None and all(number == 1 for _, number in lines)
+
+
+def _round_lines(path: Path) -> list[tuple[str, int | None]] | None:
+    """The lines of a ``metrics.jsonl`` with the round each is for (None where it names
+    none), less a last line cut short; None when a line before the last is not JSON."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rounds: list[tuple[str, int | None]] = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            return None
+        found = value.get("round") if isinstance(value, dict) else None
+        rounds.append((line, found if isinstance(found, int) else None))
+    return rounds
 
 
 def read_metrics(out: Path) -> list[dict[str, Any]]:

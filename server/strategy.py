@@ -18,11 +18,17 @@ from flwr.serverapp.strategy import Strategy
 from fedrec.shared.federated.records import (
     FROZEN_DIGEST_KEY,
     FROZEN_RECORD,
-    frozen_digest,
+    arrays_digest,
     record_arrays,
 )
 from fedrec.shared.federated.schedule import SCHEDULES, schedule_share
-from fedrec.shared.federated.validation import too_few_updates, update_problem, weight_problem
+from fedrec.shared.federated.validation import (
+    evaluation_problem,
+    records_problem,
+    too_few_updates,
+    update_problem,
+    weight_problem,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -339,9 +345,11 @@ class ValidatedStrategy(ReferenceStrategy):
         max_update_norm: float,
         min_update_share: float,
         max_examples: int,
+        metrics: frozenset[str],
         noise_shares: int = 0,
     ) -> None:
         super().__init__(inner)
+        self.metrics = metrics
         self.noise_shares = noise_shares
         self.max_update_norm = max_update_norm
         self.max_examples = max_examples
@@ -383,13 +391,34 @@ class ValidatedStrategy(ReferenceStrategy):
     def problem(self, reply: Message) -> str | None:
         """Why this training reply cannot be aggregated, or None."""
         content = reply.content
-        if "arrays" not in content.array_records or "metrics" not in content.metric_records:
-            return "the reply lacks its arrays or metrics"
+        records = records_problem(content, {"arrays"}, self.metrics)
+        if records is not None:
+            return records
         weights = weight_problem(content.metric_records["metrics"], self.max_examples)
         if weights is not None:
             return weights
-        arrays = record_arrays(content.array_records["arrays"])
+        try:
+            arrays = record_arrays(content.array_records["arrays"])
+        except (ValueError, TypeError) as err:
+            return f"its arrays do not decode ({err})"
         return update_problem(self.reference, arrays, self.max_update_norm)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """``inner``'s average of the evaluation replies, less those whose metrics are not a
+        device's (``evaluation_problem``), each dropped with a logged reason."""
+        kept = []
+        for reply in replies:
+            problem = None if reply.has_error() else evaluation_problem(reply.content)
+            if problem is None:
+                kept.append(reply)
+                continue
+            node = reply.metadata.src_node_id
+            logger.warning(
+                "round %d: dropped the evaluation of node %d: %s", server_round, node, problem
+            )
+        return self.inner.aggregate_evaluate(server_round, kept)
 
     def summary(self) -> None:
         logger.info("updates validated (max update norm %s), then:", self.max_update_norm)
@@ -409,10 +438,11 @@ class BudgetStrategy(WrappedStrategy):
     """Delegates to ``inner`` and keeps devices that have spent their privacy budget out.
 
     A device says in its training reply whether it can afford another round
-    (``budget-exhausted``) and which device it is (``device``, its partition id); from then on
-    its training requests are withheld. ``exhausted`` holds those partition ids (a restarted
-    server starts from the set it saved), ``partitions`` the node id of each device the
-    sampling knows (``SeededSamplingStrategy.partitions``, filled as it samples). A device that
+    (``budget-exhausted``); from then on its training requests are withheld. ``exhausted``
+    holds the partition ids of those devices (a restarted server starts from the set it
+    saved), ``partitions`` the partition id of each node the sampling knows
+    (``SeededSamplingStrategy.partitions``, filled as it samples): a reply counts for the
+    device its node answered it was, whatever device its metrics name. A device that
     refuses a round (``budget-refused``, a reply without arrays) is left out of the
     aggregation and remembered in ``refused``."""
 
@@ -439,9 +469,9 @@ class BudgetStrategy(WrappedStrategy):
         for reply in replies:
             metrics = None if reply.has_error() else reply.content.metric_records.get("metrics")
             node = reply.metadata.src_node_id
-            device = None if metrics is None else metrics.get("device")
+            device = self.partitions.get(node)  # what it answered when asked, not what it claims
             exhausted = metrics is not None and metrics.get("budget-exhausted") == 1
-            if exhausted and isinstance(device, int):  # every fedrec device says which it is
+            if exhausted and device is not None:
                 self.exhausted.add(device)
             if metrics is not None and metrics.get("budget-refused") == 1:
                 logger.info(
@@ -469,7 +499,7 @@ class FrozenPartsStrategy(WrappedStrategy):
     def __init__(self, inner: Strategy, frozen: ArrayRecord) -> None:
         super().__init__(inner)
         self.frozen = frozen
-        self.digest = frozen_digest(record_arrays(frozen)) if len(frozen) else None
+        self.digest = arrays_digest(record_arrays(frozen)) if len(frozen) else None
         #: the nodes that answered a request carrying the frozen weights, and none failed since
         self.holders: set[int] = set()
 

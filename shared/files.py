@@ -45,6 +45,15 @@ def write_json(file: Path, value: Any, indent: int = 2) -> None:
     write_atomic(file, text.encode("utf-8"), mode=0o644)
 
 
+def append_line(file: Path, line: str) -> None:
+    """Append ``line`` and a newline to ``file`` (created readable by all, like any result
+    file), fsynced before it returns."""
+    with file.open("a", encoding="utf-8") as out:
+        out.write(line + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+
+
 def check_output_folder(folder: Path, what: str) -> None:
     """A ValueError when ``folder`` (``what``: "the run folder", say) exists and is not a
     folder, before a command writes into it."""

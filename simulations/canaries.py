@@ -57,21 +57,33 @@ def make_canaries(num_items: int, devices: int, count: int, seed: int) -> list[C
 
 
 def plant(
-    examples: DeviceExamples, canaries: list[Canary], device: int, repeats: int
+    examples: DeviceExamples,
+    canaries: list[Canary],
+    device: int,
+    repeats: int,
+    max_examples: int,
 ) -> DeviceExamples:
-    """Device ``device``'s examples with its canaries' ``repeats`` copies appended."""
+    """Device ``device``'s examples with its canaries' ``repeats`` copies appended, as its
+    latest examples: the oldest of its own make room, so that it still trains on at most
+    ``max_examples`` (what the server accepts from a device)."""
     mine = [c for c in canaries if c.device == device]
     if not mine:
         return examples
+    if len(mine) * repeats > max_examples:
+        raise ValueError(
+            f"{len(mine)} canaries planted {repeats} times do not fit a device's "
+            f"{max_examples} examples"
+        )
     context = examples.rows.shape[1]
     rows = np.zeros((len(mine) * repeats, context), dtype=np.int64)
     rows[:, 0] = np.repeat([c.context for c in mine], repeats)
     targets = np.repeat([c.target for c in mine], repeats).astype(np.int64)
+    keep = slice(-max_examples, None)
     return DeviceExamples(
-        rows=np.concatenate([examples.rows, rows]),
-        types=np.concatenate([examples.types, np.full_like(rows, ITEM_EVENT)]),
-        lengths=np.concatenate([examples.lengths, np.ones(len(targets), dtype=np.int64)]),
-        targets=np.concatenate([examples.targets, targets]),
+        rows=np.concatenate([examples.rows, rows])[keep],
+        types=np.concatenate([examples.types, np.full_like(rows, ITEM_EVENT)])[keep],
+        lengths=np.concatenate([examples.lengths, np.ones(len(targets), dtype=np.int64)])[keep],
+        targets=np.concatenate([examples.targets, targets])[keep],
     )
 
 

@@ -32,10 +32,27 @@ def test_canaries_are_planted_one_device_each_with_as_many_controls() -> None:
     assert canaries == make_canaries(ITEMS, devices=10, count=4, seed=0)
     with pytest.raises(ValueError, match="canaries must be between 1 and the 10 devices"):
         make_canaries(ITEMS, devices=10, count=11, seed=0)
-    planted = plant(EMPTY, canaries, device=2, repeats=5)
+    planted = plant(EMPTY, canaries, device=2, repeats=5, max_examples=128)
     assert len(planted) == 5 and (planted.targets == canaries[2].target).all()
     assert (planted.rows[:, 0] == canaries[2].context).all() and (planted.lengths == 1).all()
-    assert len(plant(EMPTY, canaries, device=7, repeats=5)) == 0  # a device with none
+    assert len(plant(EMPTY, canaries, device=7, repeats=5, max_examples=128)) == 0  # none
+
+
+def test_canaries_take_the_place_of_a_full_devices_oldest_examples() -> None:
+    """A device trains on at most ``max_examples`` (the server drops an update that claims
+    more), so its canaries replace its oldest examples rather than push it past the bound."""
+    canaries = make_canaries(ITEMS, devices=10, count=4, seed=0)
+    own = DeviceExamples(
+        rows=np.arange(24, dtype=np.int64).reshape(8, 3),
+        types=np.zeros((8, 3), dtype=np.int64),
+        lengths=np.full(8, 3, dtype=np.int64),
+        targets=np.arange(8, dtype=np.int64),
+    )
+    planted = plant(own, canaries, device=1, repeats=3, max_examples=8)
+    assert len(planted) == 8
+    assert planted.targets.tolist() == [3, 4, 5, 6, 7] + [canaries[1].target] * 3
+    with pytest.raises(ValueError, match="1 canaries planted 9 times do not fit a device's 8"):
+        plant(own, canaries, device=1, repeats=9, max_examples=8)
 
 
 def test_the_attack_tells_memorised_canaries_from_controls() -> None:
@@ -46,7 +63,7 @@ def test_the_attack_tells_memorised_canaries_from_controls() -> None:
     before = audit(network, table, canaries)
     examples = EMPTY
     for device in range(8):
-        examples = plant(examples, canaries, device, repeats=4)
+        examples = plant(examples, canaries, device, repeats=4, max_examples=32)
     local = LocalConfig(epochs=40, batch_size=8, learning_rate=3e-2, context=3, negatives=10)
     off = PrivacyConfig(enabled=False)
     train_local(

@@ -19,7 +19,7 @@ from fedrec.client.app import evaluate_device, train_device
 from fedrec.client.frozen_cache import FROZEN_FILE, FrozenCache
 from fedrec.server.strategy import FrozenPartsStrategy, WrappedStrategy, array_record
 from fedrec.shared.federated.local import LocalConfig
-from fedrec.shared.federated.records import FROZEN_DIGEST_KEY, FROZEN_RECORD, frozen_digest
+from fedrec.shared.federated.records import FROZEN_DIGEST_KEY, FROZEN_RECORD, arrays_digest
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.model.network import Recommender, split_state
 from fedrec.simulations.keys import ensure_secret
@@ -30,8 +30,8 @@ ARRAYS = {"b": np.arange(3, dtype=np.float32), "a": np.ones((2, 2), np.float32)}
 
 
 def test_the_digest_names_every_name_dtype_shape_and_value() -> None:
-    digest = frozen_digest(ARRAYS)
-    assert digest == frozen_digest(dict(reversed(ARRAYS.items())))  # not the order
+    digest = arrays_digest(ARRAYS)
+    assert digest == arrays_digest(dict(reversed(ARRAYS.items())))  # not the order
     assert len(digest) == 64
     for other in (
         {**ARRAYS, "b": np.array([0, 1, 2.5], np.float32)},
@@ -40,24 +40,33 @@ def test_the_digest_names_every_name_dtype_shape_and_value() -> None:
         {"c": ARRAYS["b"], "a": ARRAYS["a"]},
         {"a": ARRAYS["a"]},
     ):
-        assert frozen_digest(other) != digest
+        assert arrays_digest(other) != digest
 
 
 def test_the_cache_loads_only_the_copy_with_the_digest_named(tmp_path: Path) -> None:
     cache = FrozenCache(tmp_path / "device")
-    digest = frozen_digest(ARRAYS)
+    digest = arrays_digest(ARRAYS)
     assert cache.load(digest) is None  # nothing kept yet
     cache.save(ARRAYS)
     kept = cache.load(digest)
     assert kept is not None and kept.keys() == ARRAYS.keys()
     for name, value in ARRAYS.items():
         np.testing.assert_array_equal(kept[name], value)
-    assert cache.load(frozen_digest({"a": ARRAYS["a"]})) is None  # other weights
+    assert cache.load(arrays_digest({"a": ARRAYS["a"]})) is None  # other weights
     raw = bytearray(cache.file.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     cache.file.write_bytes(bytes(raw))
     assert cache.load(digest) is None  # damaged: unreadable, or other values
     cache.file.write_bytes(b"not an npz")
+    assert cache.load(digest) is None
+    with cache.file.open("wb") as lone:  # a .npy array where the .npz was
+        np.save(lone, ARRAYS["a"])
+    assert cache.load(digest) is None
+    cache.save(ARRAYS)
+    raw = bytearray(cache.file.read_bytes())
+    directory = raw.rindex(b"PK\x01\x02")  # an entry of the zip's central directory
+    raw[directory + 10 : directory + 12] = (99).to_bytes(2, "little")  # a method zip lacks
+    cache.file.write_bytes(bytes(raw))
     assert cache.load(digest) is None
 
 
@@ -85,16 +94,16 @@ def test_a_device_keeps_the_frozen_weights_and_trains_from_its_copy(
 ) -> None:
     settings, records = device
     frozen = {name: a.numpy() for name, a in records[FROZEN_RECORD].items()}
-    digest = frozen_digest(frozen)
+    digest = arrays_digest(frozen)
     alone = {"arrays": records["arrays"]}
     with pytest.raises(ValueError, match="holds none with digest"):
         train_device(settings, 0, _request(alone, digest))
     with pytest.raises(ValueError, match="not those their digest names"):
-        train_device(settings, 0, _request(records, frozen_digest({"a": ARRAYS["a"]})))
+        train_device(settings, 0, _request(records, arrays_digest({"a": ARRAYS["a"]})))
     world = federation_world(settings)
     folder = Path(settings.out) / "devices" / world.split.dataset.user_ids[world.user_of(0)]
     assert not (folder / FROZEN_FILE).exists()  # refused requests keep nothing
-    train_device(settings, 0, _request(records, None))  # no digest (secure aggregation)
+    train_device(settings, 0, _request(records, None))  # no digest: nothing to keep by
     assert not (folder / FROZEN_FILE).exists()
     sent = train_device(settings, 0, _request(records, digest))
     assert (folder / FROZEN_FILE).is_file()

@@ -10,7 +10,7 @@ from typing import cast
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
@@ -21,6 +21,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedrec.server.federation import inner_strategy, make_strategy
 from fedrec.server.strategy import (
+    BudgetStrategy,
     MomentumStrategy,
     SampledMeanStrategy,
     ScheduledStepStrategy,
@@ -30,7 +31,7 @@ from fedrec.server.strategy import (
     server_step,
 )
 from fedrec.shared.federated.local import PrivacyConfig
-from fedrec.shared.federated.records import record_arrays
+from fedrec.shared.federated.records import record_arrays, train_metrics
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.federated.user_level import UserPrivacyConfig
 
@@ -169,6 +170,7 @@ def test_user_level_dp_divides_by_the_devices_sampled_whatever_arrives(
         settings.update_norm_bound,
         settings.usable_update_share,
         max_examples=128,
+        metrics=frozenset({"num-examples", "device-weight"}),
     )
     start = {"w": np.zeros(3, np.float32), "b": np.zeros(2, np.float32)}
     grid = cast(Grid, Nodes(list(range(8))))
@@ -204,3 +206,67 @@ def test_user_level_dp_divides_by_the_devices_sampled_whatever_arrives(
     assert all(np.all(moved[name] != 0) for name in start)  # sigma C / m on every coordinate
     with pytest.raises(ValueError, match="6 updates from 4 devices asked"):
         SampledMeanStrategy(FedAvg(), 4).aggregate_train(1, [replies[0]] * 6)
+
+
+def test_replies_that_would_stop_flowers_strategies_are_dropped_not_raised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Flower's FedAvg raises on a round whose replies differ in their records or metric keys,
+    and an array that does not decode raises too: one such reply must be dropped with its
+    reason, not stop the server. Evaluation replies are checked the same way."""
+    for name in ("_task_id", "_run_id", "_node_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    settings = FederationSettings(devices=4, fraction_train=1.0)
+    names = train_metrics(dp=True)
+    strategy = ValidatedStrategy(make_strategy(settings), 10.0, 0.25, 128, names)
+    start = {"w": np.zeros(3, np.float32)}
+    grid = cast(Grid, Nodes(list(range(4))))
+    requests = list(strategy.configure_train(1, array_record(start), ConfigRecord(), grid))
+    good = {"num-examples": 5, "epsilon": 1.0, "budget-exhausted": 0, "device-weight": 1}
+    moved = array_record({"w": np.ones(3, np.float32)})
+
+    def reply(request: Message, **records: object) -> Message:
+        return Message(content=RecordDict(records), reply_to=request)  # type: ignore[arg-type]
+
+    garbage = Array(dtype="float32", shape=(3,), stype="numpy.ndarray", data=b"not an array")
+    undecodable = ArrayRecord({"w": garbage})
+    replies = [
+        reply(requests[0], arrays=moved, metrics=MetricRecord(good)),
+        reply(requests[1], arrays=moved, metrics=MetricRecord({**good, "extra": 1})),
+        reply(requests[2], arrays=moved, other=moved, metrics=MetricRecord(good)),
+        reply(requests[3], arrays=undecodable, metrics=MetricRecord(good)),
+    ]
+    aggregated, _ = strategy.aggregate_train(1, replies)
+    assert aggregated is not None
+    np.testing.assert_allclose(record_arrays(aggregated)["w"], np.ones(3))
+    reasons = [reason for _, _, reason in strategy.dropped]
+    assert reasons[0] == "its metrics are not a device's (missing [], unexpected ['extra'])"
+    assert reasons[1].startswith("its records are not a device's (arrays ['arrays', 'other']")
+    assert reasons[2].startswith("its arrays do not decode")
+    asked = [Message(RecordDict(), dst_node_id=n, message_type="evaluate") for n in range(4)]
+    scores = {"hr@10": 1.0, "ndcg@10": 0.5, "mrr": 0.5, "num-examples": 1, "device-weight": 1}
+    answers = [
+        reply(asked[0], metrics=MetricRecord(scores)),
+        reply(asked[1], metrics=MetricRecord({**scores, "hr@10": 50.0})),
+        reply(asked[2], metrics=MetricRecord({**scores, "extra": 0.0})),
+        reply(asked[3], metrics=MetricRecord({**scores, "num-examples": 1000})),
+    ]
+    averaged = strategy.aggregate_evaluate(1, answers)
+    assert averaged is not None and averaged["hr@10"] == 1.0
+
+
+def test_a_devices_budget_is_the_one_its_node_answered_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reply that names another device (or one that does not exist) cannot put that device
+    out of budget: the reply counts for the device its node said it was when asked."""
+    for name in ("_task_id", "_run_id", "_node_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    replies = []
+    for node, claimed in ((11, 0), (12, 10**6)):
+        metrics = MetricRecord({"budget-exhausted": 1, "device": claimed})
+        request = Message(content=RecordDict(), dst_node_id=node, message_type="train")
+        replies.append(Message(content=RecordDict({"metrics": metrics}), reply_to=request))
+    strategy = BudgetStrategy(FixedAggregate({"w": np.zeros(1, np.float32)}), {11: 1, 12: 2})
+    strategy.aggregate_train(1, replies)
+    assert strategy.exhausted == {1, 2}

@@ -45,6 +45,7 @@ from fedrec.server.federation import (
     inner_strategy,
     make_strategy,
     recorded_user_noises,
+    trim_metrics,
 )
 from fedrec.server.privacy_report import PLOTS, privacy_report
 from fedrec.server.strategy import seeded_sample
@@ -53,7 +54,7 @@ from fedrec.shared.evaluation.harness import rank_users
 from fedrec.shared.evaluation.metrics import point_estimates
 from fedrec.shared.federated.ledger import PrivacyLedger, epsilon_of
 from fedrec.shared.federated.local import RDP_ORDERS, LocalConfig, PrivacyConfig, plan_noise
-from fedrec.shared.federated.records import FROZEN_DIGEST_KEY, FROZEN_RECORD, frozen_digest
+from fedrec.shared.federated.records import FROZEN_DIGEST_KEY, FROZEN_RECORD, arrays_digest
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.federated.user_level import UserPrivacyConfig
 from fedrec.shared.model.network import (
@@ -447,8 +448,9 @@ def test_distributed_rounds_are_applied_and_the_servers_momentum_is_resumed(
         checked_moments(moments, {"m", "v"}, set(trained))
     # on its own budget, which devices 1 and 2 have spent: device 0's update alone is fewer
     # than the 2 noise shares a step needs, so round 3 is not applied. A server restarted in a
-    # run planned for 3 rounds (the saved set's plan) withholds the round from them; without
-    # the saved set, they are asked again and refuse
+    # run planned for 3 rounds (the saved set's plan) withholds the round from them, and so
+    # asks no device at all (device 0 keeps its budget); without the saved set, they are asked
+    # again and refuse
     for forgot in (False, True):
         short = tmp_path / f"short-{forgot}"
         shutil.copytree(out, short)
@@ -459,9 +461,9 @@ def test_distributed_rounds_are_applied_and_the_servers_momentum_is_resumed(
             (short / OUT_OF_BUDGET).unlink()
         simulation_run.simulate(dataclasses.replace(settings, out=str(short), rounds=3))
         last = json.loads((short / "metrics.jsonl").read_text().splitlines()[-1])
-        asked, refused = (DEVICES, 2) if forgot else (1, 0)
+        asked, refused, spent = (DEVICES, 2, DEVICES) if forgot else (0, 0, 2)
         assert (last["round"], last["devices"], last["refused"]) == (3, asked, refused)
-        assert (last["applied"], last["out_of_budget"]) == (False, DEVICES)  # device 0 now too
+        assert (last["applied"], last["out_of_budget"]) == (False, spent)
 
 
 def test_devices_evaluate_the_global_model_as_the_harness_does(run: Run) -> None:
@@ -787,6 +789,30 @@ def _store_of_device_0(folder: Path) -> Path:
     return folder / "devices" / world.split.dataset.user_ids[world.user_of(0)] / STORE_FILE
 
 
+def test_metrics_lines_the_checkpoint_does_not_hold_are_dropped_on_resume(
+    tmp_path: Path,
+) -> None:
+    """A round's metrics line is written before its checkpoint: a crash between the two leaves
+    a line for a round that runs again, a crash while writing it a line cut short. Resuming
+    drops both; a damaged line before the last is kept for the report to name. A round 1 that
+    stopped before its checkpoint may start over."""
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"round": r}) for r in (1, 2, 3)]
+    path.write_text("\n".join(lines) + '\n{"round": 4, "wall')
+    trim_metrics(tmp_path, 2)
+    assert path.read_text() == lines[0] + "\n" + lines[1] + "\n"
+    damaged = "not json\n" + lines[2] + "\n"
+    path.write_text(damaged)
+    trim_metrics(tmp_path, 1)
+    assert path.read_text() == damaged
+    settings = small_federation(tmp_path)
+    path.write_text(lines[0] + '\n{"round": 1, "wall')
+    assert check_run_folder(tmp_path, settings) == 0
+    path.write_text(lines[0] + "\n" + lines[1] + "\n")
+    with pytest.raises(ValueError, match="holds an earlier run"):
+        check_run_folder(tmp_path, settings)
+
+
 def test_a_run_folder_the_run_cannot_go_on_from_is_refused_before_anything_runs(
     run: Run, tmp_path: Path
 ) -> None:
@@ -1028,7 +1054,7 @@ def test_no_device_sends_its_update_in_the_clear(
             vectors = [bytes_to_ndarray(b) for b in configs[Key.MASKED_PARAMETERS]]
             assert all(v.dtype == np.uint32 for v in vectors)  # packed: 4 bytes a value
             assert sum(v.size for v in vectors) == trained + 1  # the update and its weight
-            assert set(sent["configs"]["fitres.metrics"]) >= {"num-examples", "epsilon", "device"}
+            assert set(sent["configs"]["fitres.metrics"]) >= {"num-examples", "epsilon"}
     assert masked == 2 * SECURE_DEVICES - 1  # device 0 left round 1 before sending its update
 
 
@@ -1043,7 +1069,7 @@ def test_secure_rounds_send_the_frozen_parts_to_a_device_until_it_answered_with_
         settings.model, settings.seed, federation_world(settings).features.items
     )
     _, frozen = split_state(network, settings.local.trained)
-    digest = frozen_digest({name: value.numpy() for name, value in frozen.items()})
+    digest = arrays_digest({name: value.numpy() for name, value in frozen.items()})
     seen = {p.name: p.read_text() for p in (out / "captured" / "requests").iterdir()}
     assert seen == {
         **{f"{p}-round1": f"carried {digest}" for p in range(SECURE_DEVICES)},

@@ -1,6 +1,7 @@
 """Names of the records in the messages between the server and the devices, beyond Flower's
-own ``arrays`` (the weights a strategy aggregates) and ``metrics``, and the digest that names
-the frozen weights."""
+own ``arrays`` (the weights a strategy aggregates) and ``metrics``; the metrics a device's
+replies hold; and the digest of named arrays (which names the frozen weights, and on a device
+the network its saved interest state came from)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from flwr.app import ArrayRecord
 FROZEN_RECORD = "frozen"
 
 #: The key, in a request's ``config`` record, of the digest of the frozen weights
-#: (``frozen_digest``) the device must build its network with.
+#: (``arrays_digest``) the device must build its network with.
 FROZEN_DIGEST_KEY = "frozen-digest"
 
 #: The ``FitIns`` config keys of a secure round (SecAgg+ speaks Flower's legacy records): the
@@ -27,12 +28,24 @@ FROZEN_DIGEST_KEY = "frozen-digest"
 SECURE_ROUND_KEY, SECURE_NAMES_KEY, SECURE_TRAINED_KEY = "server-round", "names", "trained"
 
 
+#: The metrics of a device's evaluation reply: its held-out item's figures and its weights.
+EVALUATE_METRICS = frozenset({"hr@10", "ndcg@10", "mrr", "num-examples", "device-weight"})
+
+
+def train_metrics(dp: bool) -> frozenset[str]:
+    """The metrics of a device's training reply: its example count, the epsilon it has spent
+    (-1 without DP), whether it can afford another round, its aggregation weight, and, only
+    without DP (no noise covers it), its training loss."""
+    names = {"num-examples", "epsilon", "budget-exhausted", "device-weight"}
+    return frozenset(names if dp else names | {"train-loss"})
+
+
 def record_arrays(record: ArrayRecord) -> dict[str, npt.NDArray[np.generic]]:
     """An ArrayRecord as numpy arrays by name."""
     return {name: array.numpy() for name, array in record.items()}
 
 
-def frozen_digest(arrays: Mapping[str, npt.NDArray[np.generic]]) -> str:
+def arrays_digest(arrays: Mapping[str, npt.NDArray[np.generic]]) -> str:
     """SHA-256, in hex, of named arrays: their names, dtypes, shapes and values, by name."""
     digest = hashlib.sha256()
     for name in sorted(arrays):

@@ -135,6 +135,11 @@ class FederationSettings:
             self._check_secure_aggregation()
         if not 0 <= self.canaries <= self.devices or self.canary_repeats < 1:
             raise ValueError("canaries must be in [0, devices] and canary_repeats at least 1")
+        if self.canaries and self.canary_repeats > self.local.max_examples:
+            raise ValueError(
+                f"canary-repeats ({self.canary_repeats}) must fit a device's "
+                f"local-max-examples ({self.local.max_examples})"
+            )
         with torch.device("meta"):  # the module paths only: no weights allocated
             trained_names(Recommender(self.model), self.local.trained)
 

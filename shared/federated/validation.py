@@ -7,6 +7,9 @@ from collections.abc import Mapping
 
 import numpy as np
 import numpy.typing as npt
+from flwr.app import RecordDict
+
+from fedrec.shared.federated.records import EVALUATE_METRICS
 
 Arrays = Mapping[str, npt.NDArray[np.generic]]
 
@@ -24,6 +27,41 @@ def too_few_updates(
             f"{usable} updates usable, fewer than the {noise_shares} noise shares distributed "
             "DP needs in the aggregate"
         )
+    return None
+
+
+def records_problem(content: RecordDict, arrays: set[str], metrics: frozenset[str]) -> str | None:
+    """Why a reply's records are not those a device sends, or None: exactly the array records
+    ``arrays``, one metric record ``metrics`` holding exactly the keys ``metrics``, and no
+    config record. Flower's strategies refuse a round whose replies differ in these (an
+    exception, not a dropped reply), so one reply must not reach them."""
+    got = set(content.array_records), set(content.metric_records), set(content.config_records)
+    if got != (arrays, {"metrics"}, set()):
+        return (
+            f"its records are not a device's (arrays {sorted(got[0])}, metrics "
+            f"{sorted(got[1])}, configs {sorted(got[2])})"
+        )
+    keys = set(content.metric_records["metrics"])
+    if keys != metrics:
+        missing, extra = sorted(metrics - keys), sorted(keys - metrics)
+        return f"its metrics are not a device's (missing {missing}, unexpected {extra})"
+    return None
+
+
+def evaluation_problem(content: RecordDict) -> str | None:
+    """Why an evaluation reply cannot enter the average, or None: a device's records
+    (``records_problem``), HR@10, nDCG@10 and MRR in [0, 1], and weights of one example, one
+    device (every device evaluates its one held-out item)."""
+    records = records_problem(content, set(), EVALUATE_METRICS)
+    if records is not None:
+        return records
+    metrics = content.metric_records["metrics"]
+    for name in ("hr@10", "ndcg@10", "mrr"):
+        value = metrics[name]
+        if isinstance(value, bool) or not (isinstance(value, int | float) and 0 <= value <= 1):
+            return f"bad {name} {value!r}: must be in [0, 1]"
+    if metrics["num-examples"] != 1 or metrics["device-weight"] != 1:
+        return "bad weights: a device evaluates one example and weighs 1"
     return None
 
 
