@@ -9,6 +9,7 @@ cosine similarity, in real time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -26,8 +27,10 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedrec.client.store import (
+    STORE_FILE,
     EncryptedStore,
     StoreError,
+    StoreExistsError,
     array_record,
     forget_store,
     json_record,
@@ -42,6 +45,7 @@ from fedrec.shared.bundle import (
 )
 from fedrec.shared.data.table import MAX_TEXT_CHARS, MAX_TIMESTAMP, is_blank
 from fedrec.shared.encoder.model import TextEncoder
+from fedrec.shared.federated.records import arrays_digest
 from fedrec.shared.files import write_atomic
 from fedrec.shared.model.network import ITEM_EVENT, TEXT_EVENT, Recommender, UserState
 from fedrec.shared.ranking import ItemIndex
@@ -58,6 +62,11 @@ MAX_EVENT_CHARS = 64
 DIVERSITY_POOL = 5
 #: How many recent events explanations look at.
 EXPLAIN_WINDOW = 200
+#: How far ahead of the device's clock an event's timestamp may be, in seconds: clocks drift,
+#: but one timestamp years ahead would refuse every correct one after it.
+MAX_CLOCK_AHEAD = 24 * 3600
+#: The store's record of the vectors of history items no longer in the bundle.
+RETIRED_RECORD = "retired_items"
 
 
 logger = logging.getLogger(__name__)
@@ -97,7 +106,7 @@ class Device:
     _index: ItemIndex
     _positions: dict[str, int]
     _centroid: npt.NDArray[np.float32]
-    _event_matrix: npt.NDArray[np.float32]
+    _events: _Rows  # every history event as an item-space vector, oldest first
     _seen_mask: npt.NDArray[np.bool_]
 
     def __init__(
@@ -115,8 +124,12 @@ class Device:
         self._model = model
         self._public_key = public_key
         self._history: list[dict[str, Any]] = [json.loads(e) for e in store.entries(EVENTS_LOG)]
-        self._text_features = _features_from_entries(
-            store.entries(TEXT_FEATURES_LOG), model.encoder.dim
+        self._text_features = _Rows(
+            _features_from_entries(store.entries(TEXT_FEATURES_LOG), model.encoder.dim)
+        )
+        self._retired = _retired_vectors(store.get_json(RETIRED_RECORD))
+        self._network_digest = arrays_digest(
+            {name: value.numpy() for name, value in model.network.state_dict().items()}
         )
         meta = store.get_json("state_meta")
         # the model of every bundle it takes: the first's, or any until a store created before
@@ -140,15 +153,26 @@ class Device:
         folder = Path(folder).expanduser()
         _check_parts(model, public_key)
         bundle, index = _checked_bundle(verify_bundle(bundle_blob, public_key), model)
-        store = EncryptedStore(folder, key, create=True)
+        if (folder / STORE_FILE).exists():
+            raise StoreExistsError(f"{folder / STORE_FILE} already exists; open the device")
+        created = not folder.exists()
+        store = None
         try:
+            # the bundle first: a create cut short before the store leaves a folder the next
+            # create takes over, and one cut short after it a device that opens
+            folder.mkdir(parents=True, exist_ok=True)
             write_atomic(folder / BUNDLE_FILE, bundle_blob)
+            store = EncryptedStore(folder, key, create=True)
             device = cls(folder, store, model, public_key, bundle, index)
             device._save_state()
             return device
         except BaseException:
             (folder / BUNDLE_FILE).unlink(missing_ok=True)
-            forget_store(folder)  # and the folder, if that leaves it empty
+            if store is not None:
+                forget_store(folder)  # and the folder, if that leaves it empty
+            if created:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
             raise
 
     @classmethod
@@ -187,6 +211,7 @@ class Device:
         timestamp: int | None = None,
     ) -> None:
         """The person interacted with ``item`` (a click, a rating ``value``, ...)."""
+        self._check_not_forgotten()
         position = self._positions.get(item) if isinstance(item, str) else None
         if position is None:
             raise DeviceInputError(f"unknown item {item!r}: not in the item bundle")
@@ -211,6 +236,7 @@ class Device:
         self, text: str | bytes, timestamp: int | None = None, item: str | None = None
     ) -> None:
         """The person wrote ``text`` (a review, a comment, a search), optionally about ``item``."""
+        self._check_not_forgotten()
         text = _checked_text(text)
         if item is not None and (not isinstance(item, str) or item not in self._positions):
             raise DeviceInputError(f"unknown item {item!r}: not in the item bundle")
@@ -241,8 +267,8 @@ class Device:
         self._history.append(record)
         self._state = state
         if text_features is not None:
-            self._text_features = np.concatenate([self._text_features, text_features])
-        self._event_matrix = np.concatenate([self._event_matrix, vector.numpy()[None, :]])
+            self._text_features.append(text_features)
+        self._events.append(vector.numpy()[None, :])
         if record["kind"] == "item":
             self._seen_mask[self._positions[record["item"]]] = True
         if self._store.journal_bytes > JOURNAL_LIMIT:
@@ -267,12 +293,18 @@ class Device:
             raise DeviceInputError(
                 f"timestamp {timestamp} is before the last event ({last}): events arrive in order"
             )
+        if timestamp > time.time() + MAX_CLOCK_AHEAD:
+            raise DeviceInputError(
+                f"timestamp {timestamp} is more than a day ahead of this device's clock "
+                f"({int(time.time())})"
+            )
         return timestamp
 
     # -- ranking -----------------------------------------------------------------------------
 
     def interest(self) -> npt.NDArray[np.float32] | None:
         """The current interest vector (it never leaves the device), or None before any event."""
+        self._check_not_forgotten()
         if not self._history:
             return None
         with torch.no_grad():
@@ -319,7 +351,8 @@ class Device:
         """For each item, the recent history event whose vector is closest to the item's: the
         one that contributed most to its score."""
         events = self._history[-EXPLAIN_WINDOW:]
-        closest = np.argmax(self._event_matrix[-EXPLAIN_WINDOW:] @ self._vectors[items].T, axis=0)
+        recent = self._events.view[-EXPLAIN_WINDOW:]
+        closest = np.argmax(recent @ self._vectors[items].T, axis=0)
         reasons = []
         for row in closest:
             event = events[int(row)]
@@ -335,11 +368,11 @@ class Device:
         if not self._history:
             return np.zeros((0, self._vectors.shape[1]), dtype=np.float32)
         with torch.no_grad():
-            texts = self._model.network.items(torch.from_numpy(self._text_features)).numpy()
+            texts = self._model.network.items(torch.from_numpy(self._text_features.view)).numpy()
         vectors, text_row = [], 0
         for event in self._history:
             if event["kind"] == "item":
-                vectors.append(self._vectors[self._positions[event["item"]]])
+                vectors.append(self._item_vector(event["item"]))
             else:
                 vectors.append(texts[text_row])
                 text_row += 1
@@ -357,14 +390,16 @@ class Device:
         accepted = accept_bundle(self._bundle, blob, self._public_key, model=self._model_pin)
         bundle, index = _checked_bundle(accepted, self._model)
         offered = set(bundle.item_ids)
-        missing = [  # clicked items, and items texts are about
-            e["item"] for e in self._history if e["item"] is not None and e["item"] not in offered
-        ]
-        if missing:
-            raise DeviceInputError(
-                f"the new bundle lacks items in this device's history: {missing[:5]}"
-            )
+        retired = {  # clicked items the new bundle lacks keep the last vector the device had
+            e["item"]: self._item_vector(e["item"])
+            for e in self._history
+            if e["kind"] == "item" and e["item"] not in offered
+        }
         self._store.check_writable()  # before the bundle file: a stale or forgotten device
+        if retired or self._retired:
+            vectors = {item: vector.tolist() for item, vector in retired.items()}
+            self._store.put_json(RETIRED_RECORD, vectors)
+            self._retired = _retired_vectors(vectors)
         write_atomic(self._folder / BUNDLE_FILE, blob)
         self._use_bundle(bundle, index)
         self._model_pin = bundle.model
@@ -400,12 +435,28 @@ class Device:
         centroid = vectors.mean(axis=0)
         self._bundle, self._vectors, self._index = bundle, vectors, index
         self._positions = {item: i for i, item in enumerate(bundle.item_ids)}
-        self._centroid = centroid / max(float(np.linalg.norm(centroid)), 1e-12)
-        self._event_matrix = self._event_vectors()
+        norm = float(np.linalg.norm(centroid))
+        if norm < 1e-6:  # items spread evenly: no direction is central, start from the first
+            centroid, norm = vectors[0], float(np.linalg.norm(vectors[0]))
+        self._centroid = centroid / norm
+        self._events = _Rows(self._event_vectors())
         self._seen_mask = np.zeros(len(bundle.item_ids), dtype=bool)
         for event in self._history:
-            if event["kind"] == "item":
+            if event["kind"] == "item" and event["item"] in self._positions:
                 self._seen_mask[self._positions[event["item"]]] = True
+
+    def _item_vector(self, item: str) -> npt.NDArray[np.float32]:
+        """The vector of history item ``item``: the bundle's, or the last the device had of
+        an item the bundle no longer offers; a BundleContentError when it has neither."""
+        position = self._positions.get(item)
+        if position is not None:
+            return self._vectors[position]
+        if item in self._retired:
+            return self._retired[item]
+        raise BundleContentError(
+            f"the bundle lacks item {item!r} of this device's history, and the device kept no "
+            "vector for it: install the bundle with update_bundle, which keeps one"
+        )
 
     def _save_state(self) -> None:
         """Save the interest state with the number of events it covers (folds the journal in)."""
@@ -413,6 +464,7 @@ class Device:
             "bundle": self._bundle.version,
             "model": self._bundle.model,
             "events": len(self._history),
+            "network": self._network_digest,
         }
         self._store.put_many(
             {
@@ -423,13 +475,15 @@ class Device:
 
     def _restore(self) -> UserState:
         """The saved interest state, advanced over the events after it; the whole history
-        replayed when it was saved under another bundle."""
+        replayed when it was saved under another bundle or by another network (its weights'
+        digest)."""
         users = self._model.network.users
         saved, meta = self._store.get_array("state"), self._store.get_json("state_meta")
         if (
             saved is not None
             and meta is not None
             and meta["bundle"] == self._bundle.version
+            and meta.get("network") == self._network_digest
             and meta["events"] <= len(self._history)
         ):
             return self._replay(_state_from_array(saved, self._model.network), meta["events"])
@@ -443,7 +497,7 @@ class Device:
         )
         with torch.no_grad(), _one_thread():
             for t in range(start, len(self._history)):
-                vector = torch.from_numpy(self._event_matrix[t : t + 1])
+                vector = torch.from_numpy(self._events.view[t : t + 1])
                 state = users.step(state, vector, types[t : t + 1])
         return state
 
@@ -570,3 +624,36 @@ def _state_from_array(saved: npt.NDArray[Any], network: Recommender) -> UserStat
         values[(2 + w) * h : -1].reshape(1, w, d),
         values[-1:],
     )
+
+
+class _Rows:
+    """A float32 matrix that grows a row block at a time, in amortised constant time (a
+    history grows by one event at a time; copying it whole at each would cost its length)."""
+
+    def __init__(self, rows: npt.NDArray[np.float32]) -> None:
+        self._data = np.array(rows, dtype=np.float32, copy=True)
+        self._count = len(rows)
+
+    @property
+    def view(self) -> npt.NDArray[np.float32]:
+        """The rows so far (a view: valid until the next append)."""
+        return self._data[: self._count]
+
+    def append(self, rows: npt.NDArray[np.float32]) -> None:
+        needed = self._count + len(rows)
+        if needed > len(self._data):
+            capacity = max(needed, 2 * len(self._data), 16)
+            grown = np.empty((capacity, self._data.shape[1]), dtype=np.float32)
+            grown[: self._count] = self.view
+            self._data = grown
+        self._data[self._count : needed] = rows
+        self._count = needed
+
+
+def _retired_vectors(saved: Any) -> dict[str, npt.NDArray[np.float32]]:
+    """The stored vectors of history items the bundle no longer offers, by item id."""
+    if saved is None:
+        return {}
+    if not isinstance(saved, dict):
+        raise StoreError(f"{RETIRED_RECORD} is not a JSON object of item vectors")
+    return {item: np.asarray(vector, dtype=np.float32) for item, vector in saved.items()}
