@@ -107,6 +107,24 @@ def _read_checkpoint(path: Path) -> tuple[int, dict[str, npt.NDArray[np.generic]
     return done, arrays
 
 
+def check_same_run(out: Path, settings: FederationSettings) -> None:
+    """A ValueError when ``settings`` differ from those the run in ``out`` started with
+    (``RUN_CONFIG``, when it has one) outside ``RESUMABLE_KEYS``."""
+    path = out / RUN_CONFIG
+    if not path.exists():
+        return
+    started = read_json(path)
+    if not isinstance(started, dict):
+        raise ValueError(f"{path}: expected a JSON object of run-config keys")
+    conflicts = resume_conflicts(started, settings)
+    if conflicts:
+        raise ValueError(
+            f"{out} holds a run with other settings ({'; '.join(conflicts)}); a resumed run "
+            f"may change only {', '.join(sorted(RESUMABLE_KEYS))}: resume it with its own "
+            "settings, or start the new run in another folder"
+        )
+
+
 def check_resumable(out: Path, settings: FederationSettings) -> int:
     """The rounds the run in ``out`` has done (0 without a checkpoint); a ValueError when
     ``settings`` cannot resume it: settings that change what the run started with outside
@@ -114,18 +132,7 @@ def check_resumable(out: Path, settings: FederationSettings) -> int:
     ``settings.rounds``, or one whose devices' key (``simulation.key``) is gone."""
     if not (out / CHECKPOINT).exists():
         return 0
-    path = out / RUN_CONFIG
-    if path.exists():
-        started = read_json(path)
-        if not isinstance(started, dict):
-            raise ValueError(f"{path}: expected a JSON object of run-config keys")
-        conflicts = resume_conflicts(started, settings)
-        if conflicts:
-            raise ValueError(
-                f"{out} holds a run with other settings ({'; '.join(conflicts)}); a resumed run "
-                f"may change only {', '.join(sorted(RESUMABLE_KEYS))}: resume it with its own "
-                "settings, or start the new run in another folder"
-            )
+    check_same_run(out, settings)
     done = resume(out, Recommender(settings.model))[0]
     if done > settings.rounds:
         raise ValueError(

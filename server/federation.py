@@ -33,6 +33,7 @@ from fedrec.server.checkpoint import (
     CHECKPOINT,
     SETTINGS_CHANGES,
     check_resumable,
+    check_same_run,
     checked_moments,
     record_settings,
     resume,
@@ -79,7 +80,7 @@ from fedrec.shared.files import (
 )
 from fedrec.shared.model.network import Recommender, initial_network, split_state
 from fedrec.shared.quantization import quantize_int8
-from fedrec.simulations.keys import ensure_secret
+from fedrec.simulations.keys import SECRET_FILE, ensure_secret
 from fedrec.simulations.world import World, federation_world
 
 logger = logging.getLogger(__name__)
@@ -432,6 +433,10 @@ def check_run_folder(out: Path, settings: FederationSettings) -> int:
                 "restore the checkpoint, or start the run in another folder"
             )
     done = check_resumable(out, settings)
+    if not done and (out / SECRET_FILE).exists():
+        # a round 1 that stopped before its checkpoint: its devices' ledgers and its noise stay
+        # accounted, so it goes on only with the settings they were accounted under
+        check_same_run(out, settings)
     out_of_budget(out, settings)
     if done and settings.user_privacy.enabled and not (out / USER_NOISE).exists():
         raise ValueError(
@@ -440,6 +445,8 @@ def check_run_folder(out: Path, settings: FederationSettings) -> int:
             "can replay, so its user-level epsilon does not hold; start the run in another "
             "folder"
         )
+    if settings.user_privacy.enabled and (out / USER_NOISE).exists():
+        user_level_noise(settings, recorded_user_noises(out), done)  # a budget left for more
     load_budgets(out)
     return done
 

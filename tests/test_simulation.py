@@ -865,6 +865,23 @@ def test_a_run_folder_the_run_cannot_go_on_from_is_refused_before_anything_runs(
     )
     with pytest.raises(ValueError, match=r"other settings \(model-hidden-dim: 16 -> 8\)"):
         simulation_run.simulate(smaller)
+    # a round 1 that stopped before its checkpoint left ledgers: not resumed with other settings
+    crashed = _damaged_copy(
+        out,
+        tmp_path / "crashed-in-round-1",
+        lambda f: [(f / n).unlink() for n in (CHECKPOINT, "metrics.jsonl", "summary.json")],
+    )
+    with pytest.raises(ValueError, match=r"other settings \(model-hidden-dim: 16 -> 8\)"):
+        simulation_run.simulate(dataclasses.replace(smaller, out=str(crashed)))
+    # a resume refused for its budget records nothing of the settings it was asked with
+    spent = _damaged_copy(out, tmp_path / "spent", lambda f: None)
+    kept = {p.name: p.read_bytes() for p in spent.iterdir() if p.is_file()}
+    poorer = dataclasses.replace(settings.user_privacy, target_epsilon=0.5)
+    with pytest.raises(ValueError, match="leave no user-level budget"):
+        simulation_run.simulate(
+            dataclasses.replace(settings, out=str(spent), rounds=done + 1, user_privacy=poorer)
+        )
+    assert {p.name: p.read_bytes() for p in spent.iterdir() if p.is_file()} == kept
     (folder / "run-config.json").unlink()  # a folder from before run configs were kept
     with pytest.raises(ValueError, match=r"checkpoint.npz does not hold this run's network"):
         simulation_run.simulate(smaller)
