@@ -450,7 +450,7 @@ class Device:
         an item the bundle no longer offers; a BundleContentError when it has neither."""
         position = self._positions.get(item)
         if position is not None:
-            return self._vectors[position]
+            return np.asarray(self._vectors[position], dtype=np.float32)
         if item in self._retired:
             return self._retired[item]
         raise BundleContentError(

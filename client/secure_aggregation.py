@@ -54,15 +54,17 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
 def _named(call_next: ClientAppCallable) -> ClientAppCallable:
     def train(msg: Message, context: Context) -> Message:
         request = unpack_request(msg.content)
-        config: dict[str, int | str] = {SECURE_ROUND_KEY: request.server_round}
+        config = ConfigRecord({SECURE_ROUND_KEY: request.server_round})
+        if request.frozen_digest is not None:
+            config[FROZEN_DIGEST_KEY] = request.frozen_digest
         content = RecordDict(
-            {"arrays": ArrayRecord({n: Array(a) for n, a in request.trained.items()})}
+            {
+                "arrays": ArrayRecord({n: Array(a) for n, a in request.trained.items()}),
+                "config": config,
+            }
         )
         if request.frozen:
             content[FROZEN_RECORD] = ArrayRecord({n: Array(a) for n, a in request.frozen.items()})
-        if request.frozen_digest is not None:
-            config[FROZEN_DIGEST_KEY] = request.frozen_digest
-        content["config"] = ConfigRecord(config)
         msg.content = content
         reply = call_next(msg, context)
         return Message(pack_reply(reply.content, request.trained), reply_to=msg)

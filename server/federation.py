@@ -445,9 +445,9 @@ def check_run_folder(out: Path, settings: FederationSettings) -> int:
             "can replay, so its user-level epsilon does not hold; start the run in another "
             "folder"
         )
+    load_budgets(out)
     if settings.user_privacy.enabled and (out / USER_NOISE).exists():
         user_level_noise(settings, recorded_user_noises(out), done)  # a budget left for more
-    load_budgets(out)
     return done
 
 
