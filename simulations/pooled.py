@@ -105,6 +105,7 @@ def train_pooled(
     harness on every user's held-out item (``resamples`` bootstrap resamples)."""
     started = time.perf_counter()
     device = str(torch_device(device))  # fail before the data loads; "auto" resolved
+    harness = EvaluationConfig(resamples=resamples)  # and before training
     world = federation_world(settings)
     examples = pooled_examples(world, settings.devices, settings.local)
     network = initial_network(settings.model, settings.seed, world.features.items)
@@ -120,9 +121,7 @@ def train_pooled(
         seed=settings.seed,
         device=device,
     )
-    evaluation = evaluate(
-        world.recommender(network, "pooled"), world.split, EvaluationConfig(resamples=resamples)
-    )
+    evaluation = evaluate(world.recommender(network, "pooled"), world.split, harness)
     return PooledResult(
         evaluation=evaluation,
         examples=len(examples),

@@ -24,6 +24,8 @@ from fedrec.server.federation import (
     recorded_user_noises,
     user_level_noise,
 )
+from fedrec.shared.federated.distributed import plan_step
+from fedrec.shared.federated.local import plan_round
 from fedrec.shared.federated.settings import FederationSettings
 from fedrec.shared.files import read_json
 from fedrec.simulations.world import World, federation_world
@@ -74,6 +76,30 @@ def _run_beside_devices(run: Callable[[], None]) -> None:
         raise failure[0]
 
 
+def _check_noise_plans(settings: FederationSettings, world: World) -> None:
+    """A ValueError, before any round, when the devices could not plan record-level DP noise
+    for their rounds at the target epsilon (each would fail every round): checked for the
+    devices with the fewest and the most examples."""
+    privacy = settings.privacy
+    if not privacy.enabled:
+        return
+    rounds = settings.planned_participations
+    try:
+        if privacy.distributed:
+            plan_step(privacy, rounds)
+        else:
+            counts = {len(world.examples(p, settings.local)) for p in range(settings.devices)}
+            for count in {min(counts), max(counts)}:
+                plan_round(count, settings.local, privacy, rounds)
+    except ValueError as err:
+        reason = str(err).rstrip(".")
+        raise ValueError(
+            f"devices cannot plan DP noise for {rounds} rounds at epsilon "
+            f"{privacy.target_epsilon:g} (delta {privacy.delta:g}): {reason}; ask for fewer "
+            "rounds or a larger budget"
+        ) from None
+
+
 def simulate(settings: FederationSettings, cpus_per_device: int = 1) -> dict[str, Any]:
     """Run the federation ``settings`` describes (resuming from its checkpoint, if any)."""
     out = Path(settings.out)
@@ -81,8 +107,9 @@ def simulate(settings: FederationSettings, cpus_per_device: int = 1) -> dict[str
     world = federation_world(settings)  # and on bad data; warm the caches
     if 0 < done < settings.rounds:  # devices will train on from their stores
         _check_device_stores(out, world)
-    # and when a resumed run has no user-level budget left
+    # and when a resumed run has no user-level budget left, or devices cannot plan their noise
     user_level_noise(settings, recorded_user_noises(out), done)
+    _check_noise_plans(settings, world)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     _run_beside_devices(
         lambda: run_simulation(

@@ -60,11 +60,12 @@ def privacy_study(
 ) -> list[dict[str, Any]]:
     """Run the study for ``base`` (its data, devices and rounds); returns the table's rows."""
     check_output_folder(out, "the study folder")
-    out.mkdir(parents=True, exist_ok=True)
     runs = study_runs(epsilons)
+    every = [run.settings(base, out) for run in runs]  # a run that cannot work fails first
+    out.mkdir(parents=True, exist_ok=True)
     folders = [out / run.name for run in runs]
-    for run in runs:
-        simulate(run.settings(base, out))
+    for settings in every:
+        simulate(settings)
     reports = [
         privacy_report(folder, tuple(f for f in folders if f != folder)) for folder in folders
     ]

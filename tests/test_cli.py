@@ -75,9 +75,34 @@ def test_bad_data_spec_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> N
     assert "fedrec: error: no folder 'nowhere' (and no data spec" in capsys.readouterr().err
     assert main(["evaluate", "--data", "foo:bar", "--model", "popularity"]) == 2
     assert "fedrec: error: unknown data spec 'foo:bar'" in capsys.readouterr().err
-    for seed in ("", "x", "-1", "1.5"):
+    for seed in ("", "x", "-1", "1.5", "\u00b2"):
         assert main(["data", "describe", f"demo:{seed}"]) == 2
         assert f"demo seed must be a non-negative integer, got {seed!r}" in capsys.readouterr().err
+
+
+def test_a_folder_named_like_the_demo_data_is_not_silently_replaced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    assert main(["data", "describe", "demo"]) == 2
+    assert "there is also a folder 'demo': write ./demo for the folder" in capsys.readouterr().err
+
+
+def test_data_without_a_user_to_evaluate_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every user needs 3 distinct items (history, validation, test); with none, metrics
+    would be NaN in a --json file no strict parser reads."""
+    folder = tmp_path / "short"
+    folder.mkdir()
+    (folder / "items.csv").write_text("item_id,text\na,Jazz\nb,Tea\n")
+    (folder / "interactions.csv").write_text("user_id,item_id,timestamp\nu,a,1\nu,b,2\n")
+    out = tmp_path / "o.json"
+    args = ["evaluate", "--data", str(folder), "--model", "popularity", "--json", str(out)]
+    assert main(args) == 2
+    assert "no user with 3 or more distinct items" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_bad_file_error_names_file_and_line(
@@ -143,6 +168,7 @@ def test_outputs_that_cannot_be_written_fail_before_the_work(
     for args, message in [
         (["simulate", "--out", str(a_file)], "is a file, not a folder"),
         (["simulate", "--out", str(tmp_path / "r"), "--set", "out=elsewhere"], "with --out"),
+        (["simulate", "--out", str(tmp_path / "r"), "--set", "data=demo:3"], "with --data"),
         (["data", "export", data, str(a_file)], "is a file, not a folder"),
         (["data", "export", data, data], "already holds items.csv, interactions.csv"),
     ]:
@@ -276,3 +302,16 @@ def test_an_option_of_another_model_is_an_error(
 ) -> None:
     assert main(["evaluate", "--data", "demo", "--model", model, *option]) == 2
     assert flag in capsys.readouterr().err
+
+
+def test_a_budget_no_noise_can_keep_fails_before_any_round(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Devices plan their noise for the run's rounds: where no noise keeps them within the
+    target, every device would fail every round, so the run does not start."""
+    out = tmp_path / "run"
+    args = ["simulate", "--data", "demo", "--devices", "4", "--rounds", "5"]
+    assert main([*args, "--target-epsilon", "0.001", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "devices cannot plan DP noise for 5 rounds at epsilon 0.001" in err
+    assert not out.exists()

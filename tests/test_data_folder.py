@@ -120,6 +120,18 @@ def test_jsonl_input(tmp_path: Path) -> None:
     assert data.interactions.values.tolist() == [4.0]
 
 
+def test_jsonl_strings_may_hold_unicode_line_separators(tmp_path: Path) -> None:
+    """JSON Lines ends a line at a newline only: U+2028, U+2029 and U+0085 are text inside a
+    string, as fedrec's own export writes them."""
+    text = "Alpha\u2028line two\u2029and \u0085three"
+    items = json.dumps({"item_id": "a", "text": text}, ensure_ascii=False) + "\r\n"
+    rows = '{"user_id": "u1", "item_id": "a", "timestamp": 5}\n'
+    data = load_folder(write(tmp_path / "j", items_jsonl=items, interactions_jsonl=rows))
+    assert data.item_texts == [text]
+    save_folder(data, tmp_path / "out", fmt="jsonl")
+    assert load_folder(tmp_path / "out").item_texts == [text]
+
+
 def test_duplicate_events_are_dropped_and_counted(tmp_path: Path) -> None:
     rows = "user_id,item_id,timestamp,value\nu1,a,100,4\nu1,a,100,4.0\nu1,a,300,\nu1,a,300,\n"
     data = load_folder(good(tmp_path, interactions_csv=rows))
@@ -237,6 +249,14 @@ BAD_INPUTS = {
     "json nested value": (
         {"interactions_csv": None, "interactions_jsonl": '{"user_id": {"a": 1}}\n'},
         "interactions.jsonl, line 1: user_id must be a string or a number, got dict",
+    ),
+    "json nested too deep": (
+        {"interactions_csv": None, "interactions_jsonl": '{"a": ' + "[" * 100_000 + "\n"},
+        "interactions.jsonl, line 1: invalid JSON",
+    ),
+    "json number too long": (
+        {"interactions_csv": None, "interactions_jsonl": '{"timestamp": ' + "9" * 5000 + "}\n"},
+        "interactions.jsonl, line 1: invalid JSON",
     ),
 }
 

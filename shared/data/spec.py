@@ -21,9 +21,14 @@ def load_data(spec: str) -> Dataset:
     if kind == "demo":
         from fedrec.shared.data.demo import DemoConfig, generate_demo
 
+        if Path(spec).is_dir():
+            raise DataError(
+                f"{spec!r} names the built-in demo data, and there is also a folder {spec!r}: "
+                f"write ./{spec} for the folder"
+            )
         if spec == "demo":
             return generate_demo()
-        if not rest.isdigit():
+        if not (rest.isascii() and rest.isdigit()):
             raise DataError(f"demo seed must be a non-negative integer, got {rest!r}")
         return generate_demo(DemoConfig(seed=int(rest)))
     if kind == "movielens":

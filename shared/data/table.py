@@ -278,13 +278,18 @@ def _read_jsonl(path: Path, text: str) -> Table:
     records: list[dict[str, str]] = []
     lines: list[int] = []
     names: dict[str, None] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # JSON Lines ends a line at "\n" only: a string may hold U+2028 or U+0085 unescaped,
+    # which str.splitlines would break
+    for number, raw in enumerate(text.removesuffix("\n").split("\n"), start=1):
+        raw = raw.removesuffix("\r")
         if not raw.strip():
             continue
         try:
             record = json.loads(raw)
         except json.JSONDecodeError as err:
             raise DataError(f"invalid JSON: {err.msg}", path, number) from None
+        except (ValueError, RecursionError) as err:  # a number too long, arrays nested too deep
+            raise DataError(f"invalid JSON: {err}", path, number) from None
         if not isinstance(record, dict):
             raise DataError("each line must be a JSON object", path, number)
         row: dict[str, str] = {}

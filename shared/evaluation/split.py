@@ -90,6 +90,11 @@ def temporal_split(dataset: Dataset) -> Split:
     is_test_pair[(ends - 1)[long_enough]] = True
     in_history = np.repeat(long_enough, ends - starts) & ~is_test_pair
     starts, ends = starts[long_enough], ends[long_enough]
+    if not len(starts):
+        raise ValueError(
+            f"{dataset.name} has no user with {MIN_DISTINCT_ITEMS} or more distinct items: "
+            "nobody to evaluate (each needs a history, a validation and a test item)"
+        )
 
     fit = rows.select(order[~np.isin(pair, pair[first][is_test_pair])])
     history_ptr = np.r_[0, np.cumsum(ends - starts - 1)].astype(np.int64)

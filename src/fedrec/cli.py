@@ -40,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DataError, ValueError, OSError) as err:  # OSError: files, and the encoder's folder
         print(f"fedrec: error: {err}", file=sys.stderr)
         return 2
+    except MemoryError as err:
+        print(f"fedrec: error: not enough memory for what was asked ({err})", file=sys.stderr)
+        return 2
 
 
 def _check_json_path(path: Path | None) -> None:
@@ -382,6 +385,8 @@ def _run_config_values(pairs: list[str]) -> dict[str, Any]:
             raise ValueError(f"--set takes KEY=VALUE, got {pair!r}")
         if key.strip() == "out":
             raise ValueError(f"--set {pair}: give the run folder with --out")
+        if key.strip() == "data":
+            raise ValueError(f"--set {pair}: give the data with --data, which picks its defaults")
         values[key.strip()] = _literal(text.strip())
     return values
 
