@@ -446,8 +446,8 @@ def check_run_folder(out: Path, settings: FederationSettings) -> int:
             "folder"
         )
     load_budgets(out)
-    if settings.user_privacy.enabled and (out / USER_NOISE).exists():
-        user_level_noise(settings, recorded_user_noises(out), done)  # a budget left for more
+    if settings.user_privacy.enabled:  # a user-level budget left for more rounds
+        user_level_noise(settings, recorded_user_noises(out), done)
     return done
 
 
@@ -574,26 +574,27 @@ def trim_metrics(out: Path, done: int) -> None:
     for a round that runs again, and a crash while writing it a last line cut short: both
     go. A damaged line before the last is left for ``read_metrics`` to name."""
     path = out / METRICS
-    lines = _round_lines(path) if path.exists() else None
-    if lines is None:
+    if not path.exists():
         return
-    kept = [line for line, number in lines if number is None or number <= done]
-    total = len(path.read_text(encoding="utf-8").splitlines())
-    if len(kept) < total:
-        logger.info("%s: dropped %d lines after round %d", path, total - len(kept), done)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rounds = _round_lines(lines)
+    if rounds is None:
+        return
+    kept = [line for line, number in rounds if number is None or number <= done]
+    if len(kept) < len(lines):
+        logger.info("%s: dropped %d lines after round %d", path, len(lines) - len(kept), done)
         write_atomic(path, "".join(line + "\n" for line in kept).encode(), mode=0o644)
 
 
 def _only_round_one(path: Path) -> bool:
     """Whether every line of ``path`` is round 1's (the last may be cut short)."""
-    lines = _round_lines(path)
-    return lines is not None and all(number == 1 for _, number in lines)
+    rounds = _round_lines(path.read_text(encoding="utf-8").splitlines())
+    return rounds is not None and all(number == 1 for _, number in rounds)
 
 
-def _round_lines(path: Path) -> list[tuple[str, int | None]] | None:
-    """The lines of a ``metrics.jsonl`` with the round each is for (None where it names
-    none), less a last line cut short; None when a line before the last is not JSON."""
-    lines = path.read_text(encoding="utf-8").splitlines()
+def _round_lines(lines: list[str]) -> list[tuple[str, int | None]] | None:
+    """``metrics.jsonl``'s ``lines`` with the round each is for (None where it names none),
+    less a last line cut short; None when a line before the last is not JSON."""
     rounds: list[tuple[str, int | None]] = []
     for number, line in enumerate(lines, start=1):
         try:

@@ -21,8 +21,6 @@ from fedrec.server.federation import (
     SUMMARY,
     check_run_folder,
     load_budgets,
-    recorded_user_noises,
-    user_level_noise,
 )
 from fedrec.shared.federated.distributed import plan_step
 from fedrec.shared.federated.local import plan_round
@@ -107,9 +105,7 @@ def simulate(settings: FederationSettings, cpus_per_device: int = 1) -> dict[str
     world = federation_world(settings)  # and on bad data; warm the caches
     if 0 < done < settings.rounds:  # devices will train on from their stores
         _check_device_stores(out, world)
-    # and when a resumed run has no user-level budget left, or devices cannot plan their noise
-    user_level_noise(settings, recorded_user_noises(out), done)
-    _check_noise_plans(settings, world)
+    _check_noise_plans(settings, world)  # and when devices cannot plan their noise
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     _run_beside_devices(
         lambda: run_simulation(
